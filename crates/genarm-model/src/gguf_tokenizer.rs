@@ -1,0 +1,1 @@
+//! Tokenizer from GGUF metadata (stub until the GGUF module lands).

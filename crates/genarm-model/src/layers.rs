@@ -1,0 +1,105 @@
+//! Building blocks of the decoder on one tensor-parallel rank: linear layers and RMSNorm.
+
+use candle_core::{DType, Device, Module, Tensor};
+
+use crate::error::Result;
+use crate::weights::{load_checked, Split, TensorSource};
+
+/// Where a rank's slice of the model comes from, and in what dtype and device it lives.
+pub struct ShardLoader<'a> {
+    /// The full model's tensors.
+    pub src: &'a dyn TensorSource,
+    /// This rank.
+    pub rank: usize,
+    /// Number of ranks.
+    pub world: usize,
+    /// Compute dtype.
+    pub dtype: DType,
+    /// This rank's device.
+    pub device: &'a Device,
+    /// Called after every tensor is loaded (progress bar).
+    pub on_tensor: &'a dyn Fn(),
+}
+
+impl ShardLoader<'_> {
+    /// Loads `name` with the full shape `expected`, keeping this rank's part.
+    pub fn load(&self, name: &str, expected: &[usize], split: Split) -> Result<Tensor> {
+        let t = load_checked(self.src, name, expected, split, self.rank, self.world, self.dtype, self.device)?;
+        (self.on_tensor)();
+        Ok(t)
+    }
+}
+
+/// How a linear layer is split over ranks (Megatron style).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parallel {
+    /// Output features split: each rank computes a slice of the outputs.
+    Column,
+    /// Input features split: each rank computes a partial sum, reduced by the caller.
+    Row,
+}
+
+/// `y = x Wᵀ + b` on `[tokens, in]` inputs. A row-parallel layer's bias is added by the caller
+/// after the all-reduce, so it is kept separately.
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Loads `{prefix}.weight` of full shape `[out, in]` (and `{prefix}.bias` when `bias`).
+    pub fn load(l: &ShardLoader, prefix: &str, out: usize, inp: usize, bias: bool, par: Parallel) -> Result<Self> {
+        let wsplit = match par {
+            Parallel::Column => Split::Along(0),
+            Parallel::Row => Split::Along(1),
+        };
+        let weight = l.load(&format!("{prefix}.weight"), &[out, inp], wsplit)?;
+        let bias = if bias {
+            let bsplit = match par {
+                Parallel::Column => Split::Along(0),
+                Parallel::Row => Split::Replicated,
+            };
+            Some(l.load(&format!("{prefix}.bias"), &[out], bsplit)?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// `x Wᵀ`, without the bias.
+    pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.matmul(&self.weight.t()?)?)
+    }
+
+    /// Adds the bias, if any.
+    pub fn add_bias(&self, y: Tensor) -> Result<Tensor> {
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+
+    /// `x Wᵀ + b`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.add_bias(self.matmul(x)?)
+    }
+}
+
+/// Root-mean-square layer norm.
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    /// Loads `name` of shape `[dim]`, replicated on every rank.
+    pub fn load(l: &ShardLoader, name: &str, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self { weight: l.load(name, &[dim], Split::Replicated)?, eps: eps as f32 })
+    }
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::rms_norm(x, &self.weight, self.eps)
+    }
+}

@@ -1,0 +1,28 @@
+//! genarm-model: a Llama-family decoder built for serving. It runs one batched forward over many
+//! sequences at different positions, keeps their keys and values in a preallocated block KV cache,
+//! splits the model over tensor-parallel ranks, and loads HF directories and GGUF files.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod assets;
+pub mod communicator;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod gguf;
+pub mod gguf_tokenizer;
+pub mod hf_dir;
+pub mod kv_cache;
+pub mod layers;
+pub mod model;
+pub mod progress;
+pub mod rope;
+pub mod step;
+pub mod weights;
+
+pub use assets::{ModelAssets, TokenizerAssets};
+pub use config::LlamaConfig;
+pub use engine::{Engine, EngineOptions};
+pub use error::{ModelError, Result};
+pub use kv_cache::KvUsage;
+pub use step::{StepError, StepOutput, StepSeq};

@@ -1,0 +1,334 @@
+//! One tensor-parallel rank's slice of a Llama-family decoder and its batched, variable-length
+//! forward over many sequences at different positions.
+
+use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
+
+use crate::communicator::Communicator;
+use crate::config::LlamaConfig;
+use crate::error::{ModelError, Result};
+use crate::layers::{Linear, Parallel, RmsNorm, ShardLoader};
+use crate::rope::Rope;
+use crate::weights::Split;
+
+/// One sequence's part of a batched forward.
+#[derive(Debug, Clone)]
+pub struct SeqSpan {
+    /// Offset of its first new token in the flattened batch.
+    pub offset: usize,
+    /// Number of new tokens.
+    pub len: usize,
+    /// Tokens already cached before this step (the position of the first new token).
+    pub past: usize,
+    /// KV pool slots of all `past + len` tokens, or `None` for a forward without cache.
+    pub slots: Option<Vec<u32>>,
+}
+
+/// A batched forward: every sequence's new tokens, flattened.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// New token ids of all sequences, concatenated.
+    pub tokens: Vec<u32>,
+    /// Absolute position of each new token.
+    pub positions: Vec<u32>,
+    /// The sequences, in order.
+    pub seqs: Vec<SeqSpan>,
+    /// Logits at every new position (`true`) or only at each sequence's last one.
+    pub all_logits: bool,
+}
+
+impl Batch {
+    /// Pool slots that the new tokens are written to, in batch order (empty without cache).
+    fn write_slots(&self) -> Vec<u32> {
+        self.seqs.iter().filter_map(|s| s.slots.as_ref().map(|sl| &sl[s.past..])).flatten().copied().collect()
+    }
+}
+
+/// This rank's K and V storage for every layer: `[slots, kv_heads_local, head_dim]` each.
+pub struct KvStorage {
+    layers: Vec<(Tensor, Tensor)>,
+}
+
+impl KvStorage {
+    /// Preallocates `slots` token slots for every layer, so the pool really bounds memory.
+    pub fn new(cfg: &LlamaConfig, world: usize, slots: usize, dtype: DType, device: &Device) -> Result<Self> {
+        let kv_local = cfg.num_key_value_heads / world;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|_| {
+                let k = Tensor::zeros((slots, kv_local, cfg.head_dim), dtype, device)?;
+                let v = Tensor::zeros((slots, kv_local, cfg.head_dim), dtype, device)?;
+                Ok((k, v))
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Self { layers })
+    }
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+struct Layer {
+    input_norm: RmsNorm,
+    attn: Attention,
+    post_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// This rank's slice of the model: 1/N of the heads, of the MLP and of the LM head.
+pub struct ShardModel {
+    cfg: LlamaConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    rope: Rope,
+    comm: Box<dyn Communicator>,
+    dtype: DType,
+    device: Device,
+}
+
+/// Checks that `world` ranks divide the model's heads and MLP.
+pub fn check_tp(cfg: &LlamaConfig, world: usize) -> Result<()> {
+    for (what, value) in [
+        ("num_attention_heads", cfg.num_attention_heads),
+        ("num_key_value_heads", cfg.num_key_value_heads),
+        ("intermediate_size", cfg.intermediate_size),
+    ] {
+        if world == 0 || value % world != 0 {
+            return Err(ModelError::TpIndivisible { tp: world, what, value });
+        }
+    }
+    Ok(())
+}
+
+/// Rows of the LM head each rank holds; the vocabulary is padded up to a multiple of the ranks.
+pub fn vocab_shard_rows(vocab: usize, world: usize) -> usize {
+    vocab.div_ceil(world)
+}
+
+/// Number of tensors a rank loads (for the progress bar).
+pub fn tensor_count(cfg: &LlamaConfig) -> u64 {
+    let per_layer = 9 + if cfg.qkv_bias { 3 } else { 0 } + usize::from(cfg.o_bias) + if cfg.mlp_bias { 3 } else { 0 };
+    (cfg.num_hidden_layers * per_layer + 2 + usize::from(!cfg.tie_word_embeddings)) as u64
+}
+
+impl ShardModel {
+    /// Loads this rank's slice.
+    pub fn load(cfg: &LlamaConfig, l: &ShardLoader, comm: Box<dyn Communicator>) -> Result<Self> {
+        let world = l.world;
+        check_tp(cfg, world)?;
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+        let (nh, nkv, inter) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size);
+        let embed = l.load("model.embed_tokens.weight", &[cfg.vocab_size, h], Split::Replicated)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let col = Parallel::Column;
+            let attn = Attention {
+                q: Linear::load(l, &format!("{p}.self_attn.q_proj"), nh * hd, h, cfg.qkv_bias, col)?,
+                k: Linear::load(l, &format!("{p}.self_attn.k_proj"), nkv * hd, h, cfg.qkv_bias, col)?,
+                v: Linear::load(l, &format!("{p}.self_attn.v_proj"), nkv * hd, h, cfg.qkv_bias, col)?,
+                o: Linear::load(l, &format!("{p}.self_attn.o_proj"), h, nh * hd, cfg.o_bias, Parallel::Row)?,
+                heads: nh / world,
+                kv_heads: nkv / world,
+                head_dim: hd,
+            };
+            let mlp = Mlp {
+                gate: Linear::load(l, &format!("{p}.mlp.gate_proj"), inter, h, cfg.mlp_bias, col)?,
+                up: Linear::load(l, &format!("{p}.mlp.up_proj"), inter, h, cfg.mlp_bias, col)?,
+                down: Linear::load(l, &format!("{p}.mlp.down_proj"), h, inter, cfg.mlp_bias, Parallel::Row)?,
+            };
+            layers.push(Layer {
+                input_norm: RmsNorm::load(l, &format!("{p}.input_layernorm.weight"), h, cfg.rms_norm_eps)?,
+                attn,
+                post_norm: RmsNorm::load(l, &format!("{p}.post_attention_layernorm.weight"), h, cfg.rms_norm_eps)?,
+                mlp,
+            });
+        }
+        let norm = RmsNorm::load(l, "model.norm.weight", h, cfg.rms_norm_eps)?;
+        let head_name = if cfg.tie_word_embeddings { None } else { Some("lm_head.weight") };
+        let full_head = match head_name {
+            Some(name) => l.load(name, &[cfg.vocab_size, h], Split::Replicated)?,
+            None => embed.clone(),
+        };
+        let lm_head = vocab_shard(&full_head, cfg.vocab_size, l.rank, world)?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rope: Rope::new(cfg),
+            comm,
+            dtype: l.dtype,
+            device: l.device.clone(),
+        })
+    }
+
+    /// The communicator of this rank.
+    pub fn comm(&self) -> &dyn Communicator {
+        self.comm.as_ref()
+    }
+
+    /// Runs `batch`, writing the new keys and values into `kv` (when the batch has slots).
+    /// Returns f32 logits `[rows, vocab]` on every rank: one row per sequence, or one per new
+    /// token when `all_logits`.
+    pub fn forward(&self, batch: &Batch, kv: Option<&KvStorage>) -> Result<Tensor> {
+        let dev = &self.device;
+        let n = batch.tokens.len();
+        let ids = Tensor::from_slice(&batch.tokens, n, dev)?;
+        let mut x = self.embed.index_select(&ids, 0)?;
+        let (cos, sin) = self.rope.cos_sin(&batch.positions, self.dtype, dev)?;
+        let write = self.write_index(batch, kv.is_some())?;
+        let gathers = self.gather_indices(batch)?;
+        let masks = self.masks(batch)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let kv_layer = kv.map(|k| &k.layers[i]);
+            let h = layer.input_norm.forward(&x)?;
+            let a = self.attention(&layer.attn, &h, &cos, &sin, batch, kv_layer, write.as_ref(), &gathers, &masks)?;
+            x = (x + a)?;
+            let h = layer.post_norm.forward(&x)?;
+            x = (x + self.mlp(&layer.mlp, &h)?)?;
+        }
+        let x = if batch.all_logits {
+            x
+        } else {
+            let last: Vec<u32> = batch.seqs.iter().map(|s| (s.offset + s.len - 1) as u32).collect();
+            x.index_select(&Tensor::from_vec(last, batch.seqs.len(), dev)?, 0)?
+        };
+        let x = self.norm.forward(&x)?;
+        let local = x.matmul(&self.lm_head.t()?)?;
+        let logits = self.comm.all_gather(&local, 1)?;
+        let logits = logits.narrow(1, 0, self.cfg.vocab_size)?.to_dtype(DType::F32)?;
+        Ok(logits)
+    }
+
+    /// Index tensor for scattering the new K/V rows into the pool, expanded to the row shape.
+    fn write_index(&self, batch: &Batch, cached: bool) -> Result<Option<Tensor>> {
+        if !cached {
+            return Ok(None);
+        }
+        let slots = batch.write_slots();
+        let (kvh, hd) = (self.layers[0].attn.kv_heads, self.layers[0].attn.head_dim);
+        let idx = Tensor::from_vec(slots, (batch.tokens.len(), 1, 1), &self.device)?;
+        Ok(Some(idx.broadcast_as((batch.tokens.len(), kvh, hd))?.contiguous()?))
+    }
+
+    /// Per sequence, the pool slots to read its whole context from (`None` without cache).
+    fn gather_indices(&self, batch: &Batch) -> Result<Vec<Option<Tensor>>> {
+        batch
+            .seqs
+            .iter()
+            .map(|s| match &s.slots {
+                Some(sl) => Ok(Some(Tensor::from_slice(sl, sl.len(), &self.device)?)),
+                None => Ok(None),
+            })
+            .collect()
+    }
+
+    /// Per sequence, the additive causal mask `[len, past + len]` (`None` for a single token,
+    /// which may see its whole context).
+    fn masks(&self, batch: &Batch) -> Result<Vec<Option<Tensor>>> {
+        batch
+            .seqs
+            .iter()
+            .map(|s| {
+                if s.len == 1 {
+                    return Ok(None);
+                }
+                let total = s.past + s.len;
+                let mask: Vec<f32> = (0..s.len)
+                    .flat_map(|i| (0..total).map(move |j| if j > s.past + i { f32::NEG_INFINITY } else { 0.0 }))
+                    .collect();
+                Ok(Some(Tensor::from_vec(mask, (s.len, total), &self.device)?))
+            })
+            .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        a: &Attention,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        batch: &Batch,
+        kv: Option<&(Tensor, Tensor)>,
+        write: Option<&Tensor>,
+        gathers: &[Option<Tensor>],
+        masks: &[Option<Tensor>],
+    ) -> Result<Tensor> {
+        let n = h.dim(0)?;
+        let (nh, nkv, hd) = (a.heads, a.kv_heads, a.head_dim);
+        let q = a.q.forward(h)?.reshape((1, n, nh, hd))?;
+        let k = a.k.forward(h)?.reshape((1, n, nkv, hd))?;
+        let v = a.v.forward(h)?.reshape((n, nkv, hd))?;
+        let q = candle_nn::rotary_emb::rope_thd(&q, cos, sin)?.squeeze(0)?;
+        let k = candle_nn::rotary_emb::rope_thd(&k, cos, sin)?.squeeze(0)?;
+        if let (Some((kc, vc)), Some(idx)) = (kv, write) {
+            kc.scatter_set(idx, &k, 0)?;
+            vc.scatter_set(idx, &v, 0)?;
+        }
+        let group = nh / nkv;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut outs = Vec::with_capacity(batch.seqs.len());
+        for (s, (gather, mask)) in batch.seqs.iter().zip(gathers.iter().zip(masks)) {
+            let (ks, vs) = match (kv, gather) {
+                (Some((kc, vc)), Some(g)) => (kc.index_select(g, 0)?, vc.index_select(g, 0)?),
+                _ => (k.narrow(0, s.offset, s.len)?, v.narrow(0, s.offset, s.len)?),
+            };
+            let total = ks.dim(0)?;
+            // [len, nh, hd] -> [nkv, group * len, hd]: the query heads sharing a KV head are
+            // adjacent, so GQA needs no copy of K and V.
+            let qs = q.narrow(0, s.offset, s.len)?.transpose(0, 1)?.contiguous()?.reshape((nkv, group * s.len, hd))?;
+            let ks = ks.transpose(0, 1)?.contiguous()?; // [nkv, total, hd]
+            let vs = vs.transpose(0, 1)?.contiguous()?;
+            let mut att = (qs.matmul(&ks.t()?)? * scale)?.to_dtype(DType::F32)?;
+            if let Some(m) = mask {
+                att = att.reshape((nkv, group, s.len, total))?.broadcast_add(m)?.reshape((nkv, group * s.len, total))?;
+            }
+            let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(self.dtype)?;
+            let o = att.matmul(&vs)?; // [nkv, group * len, hd]
+            let o = o.reshape((nh, s.len, hd))?.transpose(0, 1)?.reshape((s.len, nh * hd))?;
+            outs.push(o);
+        }
+        let o = Tensor::cat(&outs, 0)?;
+        let o = self.comm.all_reduce_sum(&a.o.matmul(&o)?)?;
+        a.o.add_bias(o)
+    }
+
+    fn mlp(&self, m: &Mlp, h: &Tensor) -> Result<Tensor> {
+        let g = candle_nn::ops::silu(&m.gate.forward(h)?)?;
+        let u = m.up.forward(h)?;
+        let d = self.comm.all_reduce_sum(&m.down.matmul(&(g * u)?)?)?;
+        m.down.add_bias(d)
+    }
+}
+
+/// This rank's rows of the LM head, zero-padded so every rank holds the same number of rows.
+fn vocab_shard(full: &Tensor, vocab: usize, rank: usize, world: usize) -> Result<Tensor> {
+    let rows = vocab_shard_rows(vocab, world);
+    let start = (rank * rows).min(vocab);
+    let take = rows.min(vocab - start);
+    let part = full.narrow(0, start, take)?;
+    if take == rows {
+        return Ok(part.contiguous()?);
+    }
+    let pad = Tensor::zeros((rows - take, full.dim(1)?), full.dtype(), full.device())?;
+    Ok(Tensor::cat(&[&part, &pad], 0)?)
+}
+
+#[allow(unused_imports)]
+use {IndexOp as _, D as _};

@@ -1,0 +1,1 @@
+//! genarm-testkit
