@@ -7,7 +7,7 @@
 #
 # What it does:
 #   1. creates a throwaway venv (default ${GENARM_CACHE_DIR:-$HOME/.cache/genarm}/golden-venv,
-#      override with GOLDEN_VENV) and installs torch, transformers, gguf, safetensors, numpy from
+#      override with GOLDEN_VENV) and installs torch, transformers, accelerate, gguf, safetensors, numpy from
 #      PyPI. torch from PyPI is the CUDA build and pulls several GB of nvidia-* wheels; only its
 #      CPU path is used. A venv that already imports all of them is reused.
 #   2. runs scripts/fetch-smollm2.sh to cache the SmolLM2-135M-Instruct GGUF (checksum verified)
@@ -27,12 +27,12 @@ GGUF="${GENARM_SMOLLM2_GGUF:-$CACHE_DIR/smollm2-135m-instruct.gguf}"
 
 say() { printf 'make-goldens: %s\n' "$*" >&2; }
 
-if ! "$VENV/bin/python" -c 'import torch, transformers, gguf, safetensors, numpy' 2>/dev/null; then
-    say "creating venv $VENV and installing torch transformers gguf safetensors numpy (slow)"
+if ! "$VENV/bin/python" -c 'import torch, transformers, accelerate, gguf, safetensors, numpy' 2>/dev/null; then
+    say "creating venv $VENV and installing torch transformers accelerate gguf safetensors numpy (slow)"
     mkdir -p "$(dirname "$VENV")"
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --disable-pip-version-check --quiet \
-        torch transformers gguf safetensors numpy sentencepiece protobuf
+        torch transformers accelerate gguf safetensors numpy sentencepiece protobuf
 fi
 
 if [[ -z "${GENARM_SMOLLM2_GGUF:-}" ]]; then

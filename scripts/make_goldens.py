@@ -45,9 +45,9 @@ FIXTURE_NAMES = ["llama-mha", "llama-gqa-tied", "qwen2-bias"]
 # one per token, non-ASCII through the byte-level alphabet.
 SMOLLM2_NAME = "smollm2-135m-instruct"
 SMOLLM2_PROMPTS = [
-    "<|im_start|>user\nWhat is 12345+678?<|im_end|>\n<|im_start|>assistant\n",
-    "Order 12345 shipped in 2024.",
+    "<|im_start|>user\nWhat is 12345?<|im_end|>\n<|im_start|>assistant\n",
     "Café naïve — 日本 ✓",
+    "It costs 678 dollars.",
 ]
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
@@ -168,6 +168,8 @@ def run_golden(name: str, source: dict, model, tok, prompts: list[str]) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(OUT / f"{name}.safetensors"), metadata={"generator": "make_goldens.py"})
     (OUT / f"{name}.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    for suffix in (".json", ".safetensors"):
+        (OUT / f"{name}{suffix}").chmod(0o644)
     size = (OUT / f"{name}.safetensors").stat().st_size
     print(f"  wrote {name}.json and {name}.safetensors ({size / 1e6:.2f} MB)")
 
@@ -183,7 +185,9 @@ def load(path: Path, gguf_file: str | None = None):
         model = AutoModelForCausalLM.from_pretrained(
             str(path), torch_dtype=torch.float32, attn_implementation="eager", **kw
         )
-    model = model.float()
+    dtypes = {p.dtype for p in model.parameters()}
+    if dtypes != {torch.float32}:
+        raise SystemExit(f"{path}: parameters are {dtypes}, expected float32 only")
     return model, tok
 
 
@@ -213,8 +217,9 @@ def main() -> None:
     if args.only:
         names = [n for n in names if n in args.only]
 
-    prompts = testkit_prompts()
-    print(f"testkit PROMPTS ({len(prompts)}): {prompts!r}")
+    prompts = testkit_prompts() if any(n != SMOLLM2_NAME for n in names) else []
+    if prompts:
+        print(f"testkit PROMPTS ({len(prompts)}): {prompts!r}")
     for name in names:
         if name == SMOLLM2_NAME:
             continue

@@ -56,7 +56,9 @@ impl ModelAssets {
         if !path.exists() {
             return Err(ModelError::MissingFile {
                 path: path.to_owned(),
-                hint: "pass a HF model directory (config.json, *.safetensors, tokenizer.json) or a .gguf file".into(),
+                hint:
+                    "pass a HF model directory (config.json, *.safetensors, tokenizer.json) or a .gguf file"
+                        .into(),
             });
         }
         if path.is_file() {
@@ -65,7 +67,9 @@ impl ModelAssets {
             }
             return Err(ModelError::BadFile {
                 path: path.to_owned(),
-                reason: "a model file must be a .gguf; for safetensors pass the directory holding config.json".into(),
+                reason:
+                    "a model file must be a .gguf; for safetensors pass the directory holding config.json"
+                        .into(),
             });
         }
         crate::hf_dir::open(path)

@@ -73,7 +73,12 @@ impl LocalCommunicator {
     pub fn group(world: usize) -> Vec<LocalCommunicator> {
         let group = Arc::new(Group {
             world,
-            state: Mutex::new(GroupState { slots: vec![None; world], arrived: 0, generation: 0, aborted: false }),
+            state: Mutex::new(GroupState {
+                slots: vec![None; world],
+                arrived: 0,
+                generation: 0,
+                aborted: false,
+            }),
             cv: Condvar::new(),
         });
         (0..world).map(|rank| LocalCommunicator { rank, group: group.clone() }).collect()
@@ -204,7 +209,11 @@ mod nccl {
             t: &Tensor,
             out_shape: Shape,
             what: &str,
-            op: impl FnOnce(&Comm, &cudarc::driver::CudaSlice<f32>, &mut cudarc::driver::CudaSlice<f32>) -> std::result::Result<(), cudarc::nccl::result::NcclError>,
+            op: impl FnOnce(
+                &Comm,
+                &cudarc::driver::CudaSlice<f32>,
+                &mut cudarc::driver::CudaSlice<f32>,
+            ) -> std::result::Result<(), cudarc::nccl::result::NcclError>,
         ) -> Result<Tensor> {
             let Device::Cuda(cuda) = &self.device else { unreachable!("checked in join") };
             let t = t.to_dtype(DType::F32)?.contiguous()?;
@@ -220,7 +229,12 @@ mod nccl {
             op(&self.comm, &src_owned, &mut dst).map_err(|e| self.err(what, e))?;
             debug_assert_eq!(dst.len(), out_shape.elem_count());
             let storage = CudaStorage::wrap_cuda_slice(dst, cuda.clone());
-            Ok(Tensor::from_storage(Storage::Cuda(storage), out_shape, candle_core::op::BackpropOp::none(), false))
+            Ok(Tensor::from_storage(
+                Storage::Cuda(storage),
+                out_shape,
+                candle_core::op::BackpropOp::none(),
+                false,
+            ))
         }
     }
 
@@ -244,12 +258,16 @@ mod nccl {
             let moved = t.transpose(0, dim)?.contiguous()?;
             let mut dims = moved.dims().to_vec();
             dims[0] *= self.world_size();
-            let out = self.collective(&moved, Shape::from(dims), "all_gather", |c, s, d| c.all_gather(s, d).map(|_| ()))?;
+            let out = self.collective(&moved, Shape::from(dims), "all_gather", |c, s, d| {
+                c.all_gather(s, d).map(|_| ())
+            })?;
             Ok(out.transpose(0, dim)?.contiguous()?.to_dtype(dtype)?)
         }
         fn broadcast(&self, t: &Tensor) -> Result<Tensor> {
             let dtype = t.dtype();
-            let out = self.collective(t, t.shape().clone(), "broadcast", |c, s, d| c.broadcast(Some(s), d, 0).map(|_| ()))?;
+            let out = self.collective(t, t.shape().clone(), "broadcast", |c, s, d| {
+                c.broadcast(Some(s), d, 0).map(|_| ())
+            })?;
             Ok(out.to_dtype(dtype)?)
         }
         fn abort(&self) {
@@ -299,7 +317,8 @@ mod tests {
         let mut comms = LocalCommunicator::group(2);
         let c1 = comms.pop().unwrap();
         let c0 = comms.pop().unwrap();
-        let waiter = std::thread::spawn(move || c0.all_reduce_sum(&Tensor::new(&[1f32], &Device::Cpu).unwrap()));
+        let waiter =
+            std::thread::spawn(move || c0.all_reduce_sum(&Tensor::new(&[1f32], &Device::Cpu).unwrap()));
         std::thread::sleep(std::time::Duration::from_millis(50));
         c1.abort();
         assert!(waiter.join().unwrap().is_err());

@@ -203,7 +203,9 @@ fn parse_rope_scaling(s: &Value) -> std::result::Result<Option<Llama3RopeScaling
         "default" => Ok(None),
         "llama3" => {
             let f = |k: &str| {
-                s.get(k).and_then(Value::as_f64).ok_or_else(|| format!("rope_scaling of type llama3 lacks {k}"))
+                s.get(k)
+                    .and_then(Value::as_f64)
+                    .ok_or_else(|| format!("rope_scaling of type llama3 lacks {k}"))
             };
             Ok(Some(Llama3RopeScaling {
                 factor: f("factor")? as f32,

@@ -74,12 +74,14 @@ impl Engine {
         let total_blocks = options.kv_capacity_tokens.div_ceil(options.block_size.max(1));
         let comms: Vec<Box<dyn Communicator>> = match (options.device, world) {
             (_, 1) => vec![Box::new(SingleRank)],
-            (DeviceSpec::Cpu, _) => {
-                LocalCommunicator::group(world).into_iter().map(|c| Box::new(c) as Box<dyn Communicator>).collect()
-            }
+            (DeviceSpec::Cpu, _) => LocalCommunicator::group(world)
+                .into_iter()
+                .map(|c| Box::new(c) as Box<dyn Communicator>)
+                .collect(),
             (DeviceSpec::Cuda(first), _) => nccl_group(first, world)?,
         };
-        let progress = Arc::new(LoadProgress::new(tensor_count(&cfg), &format!("loading {}", assets.model_id)));
+        let progress =
+            Arc::new(LoadProgress::new(tensor_count(&cfg), &format!("loading {}", assets.model_id)));
         let mut ranks = Vec::with_capacity(world);
         let mut ready = Vec::with_capacity(world);
         for (rank, comm) in comms.into_iter().enumerate() {
@@ -108,7 +110,8 @@ impl Engine {
                             on_tensor: &on_tensor,
                         };
                         let model = ShardModel::load(&cfg, &loader, comm)?;
-                        let kv = KvStorage::new(&cfg, world, total_blocks * opts.block_size, opts.dtype, &device)?;
+                        let kv =
+                            KvStorage::new(&cfg, world, total_blocks * opts.block_size, opts.dtype, &device)?;
                         Ok((model, kv))
                     })();
                     match loaded {
@@ -132,7 +135,8 @@ impl Engine {
             ranks,
         };
         for (rank, rx) in ready.into_iter().enumerate() {
-            rx.recv().map_err(|_| ModelError::Rank { rank, reason: "rank thread died while loading".into() })??;
+            rx.recv()
+                .map_err(|_| ModelError::Rank { rank, reason: "rank thread died while loading".into() })??;
         }
         progress.finish();
         tracing::info!(model = %assets.model_id, tp = world, blocks = total_blocks, "model loaded");
@@ -158,7 +162,10 @@ impl Engine {
         let mut admitted: Vec<(usize, Admitted)> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (i, s) in seqs.iter().enumerate() {
-            match self.validate(s, &mut seen).and_then(|()| table.admit(s.seq_id, s.start_pos, s.tokens.len())) {
+            match self
+                .validate(s, &mut seen)
+                .and_then(|()| table.admit(s.seq_id, s.start_pos, s.tokens.len()))
+            {
                 Ok(a) => admitted.push((i, a)),
                 Err(e) => results[i] = Some(Err(e)),
             }
@@ -167,7 +174,8 @@ impl Engine {
             let results = results.into_iter().map(|r| r.expect("every sequence failed")).collect();
             return Ok(StepOutput { results, forward_time: Default::default() });
         }
-        let mut batch = Batch { tokens: Vec::new(), positions: Vec::new(), seqs: Vec::new(), all_logits: false };
+        let mut batch =
+            Batch { tokens: Vec::new(), positions: Vec::new(), seqs: Vec::new(), all_logits: false };
         for (i, _) in &admitted {
             let s = &seqs[*i];
             let end = s.start_pos + s.tokens.len();
@@ -199,7 +207,11 @@ impl Engine {
         Ok(StepOutput { results, forward_time })
     }
 
-    fn validate(&self, s: &StepSeq, seen: &mut std::collections::HashSet<u64>) -> std::result::Result<(), StepError> {
+    fn validate(
+        &self,
+        s: &StepSeq,
+        seen: &mut std::collections::HashSet<u64>,
+    ) -> std::result::Result<(), StepError> {
         let seq_id = s.seq_id;
         if !seen.insert(seq_id) {
             return Err(StepError::DuplicateSequence { seq_id });
@@ -226,7 +238,9 @@ impl Engine {
             return Err(StepError::EmptyTokens { seq_id: 0 }.into());
         }
         if let Some(&token) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
-            return Err(StepError::TokenOutOfRange { seq_id: 0, token, vocab_size: self.config.vocab_size }.into());
+            return Err(
+                StepError::TokenOutOfRange { seq_id: 0, token, vocab_size: self.config.vocab_size }.into()
+            );
         }
         let batch = Batch {
             tokens: tokens.to_vec(),
@@ -311,7 +325,10 @@ fn rank_device(spec: DeviceSpec, rank: usize) -> Result<Device> {
         DeviceSpec::Cpu => Ok(Device::Cpu),
         DeviceSpec::Cuda(first) => Device::new_cuda(first + rank).map_err(|e| ModelError::Rank {
             rank,
-            reason: format!("cannot open CUDA device {}: {e} (build with --features cuda on a GPU machine)", first + rank),
+            reason: format!(
+                "cannot open CUDA device {}: {e} (build with --features cuda on a GPU machine)",
+                first + rank
+            ),
         }),
     }
 }
@@ -334,7 +351,9 @@ fn nccl_group(first: usize, world: usize) -> Result<Vec<Box<dyn Communicator>>> 
         .into_iter()
         .enumerate()
         .map(|(rank, j)| {
-            let c = j.join().map_err(|_| ModelError::Rank { rank, reason: "NCCL init thread panicked".into() })??;
+            let c = j
+                .join()
+                .map_err(|_| ModelError::Rank { rank, reason: "NCCL init thread panicked".into() })??;
             Ok(Box::new(c) as Box<dyn Communicator>)
         })
         .collect()

@@ -58,7 +58,9 @@ pub enum ModelError {
         actual: Vec<usize>,
     },
     /// The tensor-parallel degree does not divide the model's dimensions.
-    #[error("tensor parallelism {tp} does not divide {what} ({value}); choose --tp among the divisors of {value}")]
+    #[error(
+        "tensor parallelism {tp} does not divide {what} ({value}); choose --tp among the divisors of {value}"
+    )]
     TpIndivisible {
         /// The requested number of ranks.
         tp: usize,

@@ -39,7 +39,8 @@ impl SafetensorsSource {
             if !p.exists() {
                 return Err(ModelError::MissingFile {
                     path: p.clone(),
-                    hint: "model.safetensors.index.json names this shard; copy every shard of the model".into(),
+                    hint: "model.safetensors.index.json names this shard; copy every shard of the model"
+                        .into(),
                 });
             }
         }
@@ -57,7 +58,10 @@ fn shard_paths(index: &Path) -> Result<Vec<PathBuf>> {
     let bad = |reason: String| ModelError::BadFile { path: index.to_owned(), reason };
     let text = std::fs::read_to_string(index).map_err(|e| bad(e.to_string()))?;
     let json: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    let map = json.get("weight_map").and_then(Value::as_object).ok_or_else(|| bad("no weight_map object".into()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| bad("no weight_map object".into()))?;
     let dir = index.parent().unwrap_or(Path::new("."));
     let files: BTreeSet<&str> = map.values().filter_map(Value::as_str).collect();
     if files.is_empty() {
@@ -154,7 +158,9 @@ fn load_tokenizer(dir: &Path, config: &mut LlamaConfig) -> Result<TokenizerAsset
     if let Some(gen) = read_json(&dir.join("generation_config.json"))? {
         match gen.get("eos_token_id") {
             Some(Value::Number(n)) => eos_token_ids.extend(n.as_u64().map(|x| x as u32)),
-            Some(Value::Array(a)) => eos_token_ids.extend(a.iter().filter_map(Value::as_u64).map(|x| x as u32)),
+            Some(Value::Array(a)) => {
+                eos_token_ids.extend(a.iter().filter_map(Value::as_u64).map(|x| x as u32))
+            }
             _ => {}
         }
     }

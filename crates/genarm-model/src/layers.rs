@@ -24,7 +24,8 @@ pub struct ShardLoader<'a> {
 impl ShardLoader<'_> {
     /// Loads `name` with the full shape `expected`, keeping this rank's part.
     pub fn load(&self, name: &str, expected: &[usize], split: Split) -> Result<Tensor> {
-        let t = load_checked(self.src, name, expected, split, self.rank, self.world, self.dtype, self.device)?;
+        let t =
+            load_checked(self.src, name, expected, split, self.rank, self.world, self.dtype, self.device)?;
         (self.on_tensor)();
         Ok(t)
     }
@@ -48,7 +49,14 @@ pub struct Linear {
 
 impl Linear {
     /// Loads `{prefix}.weight` of full shape `[out, in]` (and `{prefix}.bias` when `bias`).
-    pub fn load(l: &ShardLoader, prefix: &str, out: usize, inp: usize, bias: bool, par: Parallel) -> Result<Self> {
+    pub fn load(
+        l: &ShardLoader,
+        prefix: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+        par: Parallel,
+    ) -> Result<Self> {
         let wsplit = match par {
             Parallel::Column => Split::Along(0),
             Parallel::Row => Split::Along(1),

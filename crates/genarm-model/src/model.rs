@@ -120,7 +120,8 @@ pub fn vocab_shard_rows(vocab: usize, world: usize) -> usize {
 
 /// Number of tensors a rank loads (for the progress bar).
 pub fn tensor_count(cfg: &LlamaConfig) -> u64 {
-    let per_layer = 9 + if cfg.qkv_bias { 3 } else { 0 } + usize::from(cfg.o_bias) + if cfg.mlp_bias { 3 } else { 0 };
+    let per_layer =
+        9 + if cfg.qkv_bias { 3 } else { 0 } + usize::from(cfg.o_bias) + if cfg.mlp_bias { 3 } else { 0 };
     (cfg.num_hidden_layers * per_layer + 2 + usize::from(!cfg.tie_word_embeddings)) as u64
 }
 
@@ -153,7 +154,12 @@ impl ShardModel {
             layers.push(Layer {
                 input_norm: RmsNorm::load(l, &format!("{p}.input_layernorm.weight"), h, cfg.rms_norm_eps)?,
                 attn,
-                post_norm: RmsNorm::load(l, &format!("{p}.post_attention_layernorm.weight"), h, cfg.rms_norm_eps)?,
+                post_norm: RmsNorm::load(
+                    l,
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    h,
+                    cfg.rms_norm_eps,
+                )?,
                 mlp,
             });
         }
@@ -197,7 +203,17 @@ impl ShardModel {
         for (i, layer) in self.layers.iter().enumerate() {
             let kv_layer = kv.map(|k| &k.layers[i]);
             let h = layer.input_norm.forward(&x)?;
-            let a = self.attention(&layer.attn, &h, &cos, &sin, batch, kv_layer, write.as_ref(), &gathers, &masks)?;
+            let a = self.attention(
+                &layer.attn,
+                &h,
+                &cos,
+                &sin,
+                batch,
+                kv_layer,
+                write.as_ref(),
+                &gathers,
+                &masks,
+            )?;
             x = (x + a)?;
             let h = layer.post_norm.forward(&x)?;
             x = (x + self.mlp(&layer.mlp, &h)?)?;
@@ -250,7 +266,9 @@ impl ShardModel {
                 }
                 let total = s.past + s.len;
                 let mask: Vec<f32> = (0..s.len)
-                    .flat_map(|i| (0..total).map(move |j| if j > s.past + i { f32::NEG_INFINITY } else { 0.0 }))
+                    .flat_map(|i| {
+                        (0..total).map(move |j| if j > s.past + i { f32::NEG_INFINITY } else { 0.0 })
+                    })
                     .collect();
                 Ok(Some(Tensor::from_vec(mask, (s.len, total), &self.device)?))
             })
@@ -292,12 +310,20 @@ impl ShardModel {
             let total = ks.dim(0)?;
             // [len, nh, hd] -> [nkv, group * len, hd]: the query heads sharing a KV head are
             // adjacent, so GQA needs no copy of K and V.
-            let qs = q.narrow(0, s.offset, s.len)?.transpose(0, 1)?.contiguous()?.reshape((nkv, group * s.len, hd))?;
+            let qs = q.narrow(0, s.offset, s.len)?.transpose(0, 1)?.contiguous()?.reshape((
+                nkv,
+                group * s.len,
+                hd,
+            ))?;
             let ks = ks.transpose(0, 1)?.contiguous()?; // [nkv, total, hd]
             let vs = vs.transpose(0, 1)?.contiguous()?;
             let mut att = (qs.matmul(&ks.t()?)? * scale)?.to_dtype(DType::F32)?;
             if let Some(m) = mask {
-                att = att.reshape((nkv, group, s.len, total))?.broadcast_add(m)?.reshape((nkv, group * s.len, total))?;
+                att = att.reshape((nkv, group, s.len, total))?.broadcast_add(m)?.reshape((
+                    nkv,
+                    group * s.len,
+                    total,
+                ))?;
             }
             let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(self.dtype)?;
             let o = att.matmul(&vs)?; // [nkv, group * len, hd]

@@ -103,7 +103,11 @@ pub fn committed_specs() -> Vec<FixtureSpec> {
         seed: 0,
     };
     vec![
-        FixtureSpec { name: "llama-mha".into(), seed: 1, ..base.clone() },
+        FixtureSpec {
+            name: "llama-mha".into(),
+            seed: 1,
+            ..base.clone()
+        },
         FixtureSpec {
             name: "llama-gqa-tied".into(),
             num_key_value_heads: 4,

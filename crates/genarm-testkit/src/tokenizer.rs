@@ -2,8 +2,12 @@
 
 use anyhow::{anyhow, ensure, Result};
 use tokenizers::models::bpe::{BpeTrainer, BPE};
+use tokenizers::models::TrainerWrapper;
+use tokenizers::normalizers::NFC;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::{AddedToken, Tokenizer};
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 /// Beginning- and end-of-text token (SmolLM2's id 0).
 pub const ENDOFTEXT: &str = "<|endoftext|>";
@@ -14,21 +18,32 @@ pub const IM_END: &str = "<|im_end|>";
 /// Size of the trained vocabulary: 3 special tokens, the 256 byte symbols and 253 merges.
 pub const TOKENIZER_VOCAB_SIZE: usize = 512;
 
+/// Qwen2's pre-tokenization regex (words, single digits, punctuation runs, whitespace).
+const SPLIT_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// The training text (a few KB of English with digits, code, punctuation and non-ASCII words).
 const CORPUS: &str = include_str!("corpus.txt");
 
 /// Trains the fixtures' tokenizer. Deterministic: the same JSON on every run and platform.
 ///
-/// Byte-level BPE like GPT-2/SmolLM2: ByteLevel pre-tokenizer (no prefix space), decoder and
-/// post-processor, so no BOS is added and `decode(encode(text)) == text` for any UTF-8 text.
-/// The special tokens take ids 0, 1, 2 and always encode as single tokens.
+/// Byte-level BPE set up exactly like Qwen2's `tokenizer.json` (NFC, Qwen2's split regex with
+/// single digits, then ByteLevel without prefix space; ByteLevel decoder and post-processor), so
+/// transformers 5, which rebuilds that pipeline for `model_type: qwen2` whatever the file says,
+/// tokenizes every fixture as the file does. No BOS is added, and `decode(encode(text)) == text`
+/// for NFC text. The special tokens take ids 0, 1, 2 and always encode as single tokens.
 pub fn train_tokenizer() -> Result<Tokenizer> {
-    let byte_level = ByteLevel::new(false, false, true);
+    let byte_level = ByteLevel::new(false, false, false);
+    let split = Split::new(
+        SplitPattern::Regex(SPLIT_REGEX.into()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .map_err(|e| anyhow!("compiling the split regex: {e}"))?;
     let specials: Vec<AddedToken> = [ENDOFTEXT, IM_START, IM_END]
         .into_iter()
         .map(|t| AddedToken::from(t, true))
         .collect();
-    let mut trainer = BpeTrainer::builder()
+    let mut trainer: TrainerWrapper = BpeTrainer::builder()
         .vocab_size(TOKENIZER_VOCAB_SIZE)
         .min_frequency(2)
         .show_progress(false)
@@ -38,7 +53,9 @@ pub fn train_tokenizer() -> Result<Tokenizer> {
         .into();
     let mut tokenizer = Tokenizer::new(BPE::default());
     tokenizer
-        .with_pre_tokenizer(Some(byte_level))
+        .with_normalizer(Some(NFC))
+        .map_err(|e| anyhow!("setting the normalizer: {e}"))?
+        .with_pre_tokenizer(Some(Sequence::new(vec![split.into(), byte_level.into()])))
         .with_post_processor(Some(byte_level))
         .with_decoder(Some(byte_level));
     tokenizer
