@@ -284,7 +284,7 @@ impl GgufSource {
     /// are stored in HF order.
     pub fn new(path: &Path, content: Content, config: &LlamaConfig) -> Result<Self> {
         let file = File::open(path).map_err(|e| bad_file(path, format!("cannot open: {e}")))?;
-        let permuted = false && matches!(config.model_type.as_str(), "llama" | "mistral");
+        let permuted = matches!(config.model_type.as_str(), "llama" | "mistral");
         Ok(Self {
             path: path.to_owned(),
             file: Mutex::new(file),

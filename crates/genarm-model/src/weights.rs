@@ -27,6 +27,7 @@ pub enum Split {
 }
 
 /// Loads `name`, checking it exists and has `expected` shape, then takes this rank's slice.
+#[allow(clippy::too_many_arguments)]
 pub fn load_checked(
     src: &dyn TensorSource,
     name: &str,

@@ -15,8 +15,7 @@ use genarm_model::{Engine, EngineOptions, LlamaConfig, ModelAssets, ModelError};
 use serde_json::Value as Json;
 
 /// Qwen2's split regex, as the fixtures' tokenizer.json spells it.
-const QWEN2_SPLIT: &str =
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// GGUF's name of an HF tensor, written independently of the crate's mapping.
 fn gguf_name(hf: &str) -> String {
@@ -73,7 +72,8 @@ fn pre_of(tokenizer: &Json) -> &'static str {
 
 /// The `tokenizer.ggml.*` metadata of a fixture's tokenizer.json and tokenizer_config.json.
 fn tokenizer_metadata(dir: &Path, config: &LlamaConfig) -> Vec<(String, Value)> {
-    let tok: Json = serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap()).unwrap();
+    let tok: Json =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap()).unwrap();
     let tok_cfg: Json =
         serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap()).unwrap();
     let mut by_id: HashMap<u64, (String, i32)> = HashMap::new();
@@ -87,7 +87,8 @@ fn tokenizer_metadata(dir: &Path, config: &LlamaConfig) -> Vec<(String, Value)> 
     let n = by_id.len() as u64;
     let (tokens, types): (Vec<Value>, Vec<Value>) = (0..n)
         .map(|i| {
-            let (t, kind) = by_id.remove(&i).unwrap_or_else(|| panic!("vocabulary ids are not dense: {i} missing"));
+            let (t, kind) =
+                by_id.remove(&i).unwrap_or_else(|| panic!("vocabulary ids are not dense: {i} missing"));
             (Value::String(t), Value::I32(kind))
         })
         .unzip();
@@ -97,7 +98,9 @@ fn tokenizer_metadata(dir: &Path, config: &LlamaConfig) -> Vec<(String, Value)> 
         .iter()
         .map(|m| match m {
             Json::String(s) => Value::String(s.clone()),
-            Json::Array(pair) => Value::String(format!("{} {}", pair[0].as_str().unwrap(), pair[1].as_str().unwrap())),
+            Json::Array(pair) => {
+                Value::String(format!("{} {}", pair[0].as_str().unwrap(), pair[1].as_str().unwrap()))
+            }
             other => panic!("unexpected merge {other}"),
         })
         .collect();
@@ -128,7 +131,10 @@ fn write_gguf(name: &str, out: &Path, skip: Option<&str>) -> PathBuf {
     let hf = ModelAssets::open(&dir).unwrap_or_else(|e| panic!("open fixture {name}: {e}"));
     let c = &hf.config;
     let arch = c.model_type.as_str();
-    assert!(c.rope_scaling.is_none(), "{name}: GGUF files store RoPE scaling as rope_freqs, unsupported here");
+    assert!(
+        c.rope_scaling.is_none(),
+        "{name}: GGUF files store RoPE scaling as rope_freqs, unsupported here"
+    );
 
     let mut md: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(arch.into())),
@@ -201,8 +207,14 @@ fn same_as_safetensors(name: &str) {
         (b.num_attention_heads, b.num_key_value_heads, b.head_dim),
         (a.num_attention_heads, a.num_key_value_heads, a.head_dim)
     );
-    assert_eq!((b.rope_theta, b.rms_norm_eps, b.max_position_embeddings), (a.rope_theta, a.rms_norm_eps, a.max_position_embeddings));
-    assert_eq!((b.tie_word_embeddings, b.qkv_bias, b.o_bias, b.mlp_bias), (a.tie_word_embeddings, a.qkv_bias, a.o_bias, a.mlp_bias));
+    assert_eq!(
+        (b.rope_theta, b.rms_norm_eps, b.max_position_embeddings),
+        (a.rope_theta, a.rms_norm_eps, a.max_position_embeddings)
+    );
+    assert_eq!(
+        (b.tie_word_embeddings, b.qkv_bias, b.o_bias, b.mlp_bias),
+        (a.tie_word_embeddings, a.qkv_bias, a.o_bias, a.mlp_bias)
+    );
     assert_eq!(gguf.model_id, name);
 
     assert_eq!(gguf.tokenizer.chat_template, hf.tokenizer.chat_template);
@@ -210,13 +222,18 @@ fn same_as_safetensors(name: &str) {
     for prompt in genarm_testkit::PROMPTS {
         for special in [false, true] {
             let ids = encode(&hf, prompt, special);
-            assert_eq!(encode(&gguf, prompt, special), ids, "{name}: {prompt:?} (add_special_tokens={special})");
+            assert_eq!(
+                encode(&gguf, prompt, special),
+                ids,
+                "{name}: {prompt:?} (add_special_tokens={special})"
+            );
             assert_eq!(gguf.tokenizer.tokenizer.decode(&ids, false).unwrap(), *prompt);
         }
     }
 
     let e_hf = Engine::load(&hf, EngineOptions::default()).unwrap();
-    let e_gguf = Engine::load(&gguf, EngineOptions::default()).unwrap_or_else(|e| panic!("load {name}.gguf: {e}"));
+    let e_gguf =
+        Engine::load(&gguf, EngineOptions::default()).unwrap_or_else(|e| panic!("load {name}.gguf: {e}"));
     for prompt in genarm_testkit::PROMPTS {
         let ids = encode(&hf, prompt, false);
         let want = e_hf.forward_full(&ids).unwrap();
@@ -240,7 +257,10 @@ fn gguf_matches_safetensors_qwen2_bias() {
 #[test]
 fn llama_permutation_matters() {
     let hf = ModelAssets::open(&genarm_testkit::fixture_dir("llama-mha")).unwrap();
-    let q = hf.tensors.load("model.layers.0.self_attn.q_proj.weight", candle_core::DType::F32, &Device::Cpu).unwrap();
+    let q = hf
+        .tensors
+        .load("model.layers.0.self_attn.q_proj.weight", candle_core::DType::F32, &Device::Cpu)
+        .unwrap();
     let p = llama_cpp_permute(&q, hf.config.num_attention_heads);
     assert!(max_abs_diff(&q, &p) > 1e-3);
 }
@@ -287,18 +307,33 @@ fn unsupported_architecture_is_named() {
     assert!(e.to_string().contains("falcon"), "{e}");
 }
 
-/// The real SmolLM2 GGUF (Q4_1/Q8_0, llama q/k permutation) loads and answers sensibly: with a
-/// wrong un-permutation or dequantization it would not complete this prompt.
+/// Greedy continuation of `prompt` (no KV cache), up to `max` tokens or the first EOS.
+fn greedy(engine: &Engine, assets: &ModelAssets, prompt: &str, max: usize) -> String {
+    let mut ids = encode(assets, prompt, true);
+    let start = ids.len();
+    for _ in 0..max {
+        let logits = engine.forward_full(&ids).unwrap();
+        let last = logits.get(ids.len() - 1).unwrap().to_vec1::<f32>().unwrap();
+        let best = last.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+        ids.push(best);
+        if assets.tokenizer.eos_token_ids.contains(&best) {
+            break;
+        }
+    }
+    assets.tokenizer.tokenizer.decode(&ids[start..], false).unwrap()
+}
+
+/// The real SmolLM2 GGUF (Q4_1/Q8_0, llama q/k permutation) loads and answers sensibly. Left
+/// permuted, the q/k rows still give a rotary encoding (pairs within one half), so the model
+/// stays fluent-looking but loses these answers ("The answer is:\nThe answer is: ...").
 #[test]
-fn smollm2_completes_a_fact() {
+fn smollm2_answers_sensibly() {
     let path = genarm_testkit::smollm2::gguf_path().unwrap_or_else(|e| panic!("{e}"));
     let assets = ModelAssets::open(&path).unwrap();
     let engine = Engine::load(&assets, EngineOptions::default()).unwrap();
-    let prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\nThe capital of France is";
-    let ids = encode(&assets, prompt, true);
-    let logits = engine.forward_full(&ids).unwrap();
-    let last = logits.get(ids.len() - 1).unwrap().to_vec1::<f32>().unwrap();
-    let best = last.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
-    let word = assets.tokenizer.tokenizer.decode(&[best], false).unwrap();
-    assert_eq!(word, " Paris", "next token after {prompt:?}");
+    let chat = |q: &str| format!("<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n");
+    let france = greedy(&engine, &assets, &chat("What is the capital of France?"), 12);
+    assert!(france.contains("Paris"), "{france:?}");
+    let primes = greedy(&engine, &assets, &chat("List the first five prime numbers."), 24);
+    assert!(primes.contains("2, 3, 5, 7"), "{primes:?}");
 }

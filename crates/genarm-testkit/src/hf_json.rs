@@ -50,18 +50,9 @@ pub(crate) fn config(spec: &FixtureSpec, vocab: usize, ids: &SpecialIds) -> Valu
             obj.insert("rope_theta".into(), json!(theta));
         }
         FixtureRope::Default { theta } => {
-            obj.insert(
-                "rope_parameters".into(),
-                json!({"rope_type": "default", "rope_theta": theta}),
-            );
+            obj.insert("rope_parameters".into(), json!({"rope_type": "default", "rope_theta": theta}));
         }
-        FixtureRope::Llama3 {
-            theta,
-            factor,
-            low,
-            high,
-            original_max,
-        } => {
+        FixtureRope::Llama3 { theta, factor, low, high, original_max } => {
             obj.insert(
                 "rope_parameters".into(),
                 json!({
@@ -138,12 +129,7 @@ pub(crate) fn to_text(v: &Value) -> String {
             Value::Object(m) => {
                 let mut entries: Vec<_> = m.iter().collect();
                 entries.sort_by(|a, b| a.0.cmp(b.0));
-                Value::Object(
-                    entries
-                        .into_iter()
-                        .map(|(k, v)| (k.clone(), sorted(v)))
-                        .collect::<Map<_, _>>(),
-                )
+                Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect::<Map<_, _>>())
             }
             Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
             other => other.clone(),

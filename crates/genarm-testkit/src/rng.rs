@@ -54,13 +54,7 @@ mod tests {
         assert!(mean.abs() < 0.02, "mean {mean}");
         assert!((var - 1.0).abs() < 0.02, "variance {var}");
         // Same seed and name, same stream; another name, another stream.
-        assert_eq!(
-            Rng::for_tensor(7, "t").next_u64(),
-            Rng::for_tensor(7, "t").next_u64()
-        );
-        assert_ne!(
-            Rng::for_tensor(7, "t").next_u64(),
-            Rng::for_tensor(7, "u").next_u64()
-        );
+        assert_eq!(Rng::for_tensor(7, "t").next_u64(), Rng::for_tensor(7, "t").next_u64());
+        assert_ne!(Rng::for_tensor(7, "t").next_u64(), Rng::for_tensor(7, "u").next_u64());
     }
 }

@@ -33,16 +33,10 @@ const CORPUS: &str = include_str!("corpus.txt");
 /// for NFC text. The special tokens take ids 0, 1, 2 and always encode as single tokens.
 pub fn train_tokenizer() -> Result<Tokenizer> {
     let byte_level = ByteLevel::new(false, false, false);
-    let split = Split::new(
-        SplitPattern::Regex(SPLIT_REGEX.into()),
-        SplitDelimiterBehavior::Isolated,
-        false,
-    )
-    .map_err(|e| anyhow!("compiling the split regex: {e}"))?;
-    let specials: Vec<AddedToken> = [ENDOFTEXT, IM_START, IM_END]
-        .into_iter()
-        .map(|t| AddedToken::from(t, true))
-        .collect();
+    let split = Split::new(SplitPattern::Regex(SPLIT_REGEX.into()), SplitDelimiterBehavior::Isolated, false)
+        .map_err(|e| anyhow!("compiling the split regex: {e}"))?;
+    let specials: Vec<AddedToken> =
+        [ENDOFTEXT, IM_START, IM_END].into_iter().map(|t| AddedToken::from(t, true)).collect();
     let mut trainer: TrainerWrapper = BpeTrainer::builder()
         .vocab_size(TOKENIZER_VOCAB_SIZE)
         .min_frequency(2)
@@ -71,18 +65,15 @@ pub fn train_tokenizer() -> Result<Tokenizer> {
 
 /// The trained tokenizer as `tokenizer.json` text (pretty-printed, newline-terminated).
 pub(crate) fn tokenizer_json(tokenizer: &Tokenizer) -> Result<String> {
-    let mut json = tokenizer
-        .to_string(true)
-        .map_err(|e| anyhow!("serializing the fixture tokenizer: {e}"))?;
+    let mut json =
+        tokenizer.to_string(true).map_err(|e| anyhow!("serializing the fixture tokenizer: {e}"))?;
     json.push('\n');
     Ok(json)
 }
 
 /// Id of a token that the trained tokenizer is known to hold.
 pub(crate) fn id_of(tokenizer: &Tokenizer, token: &str) -> Result<u32> {
-    tokenizer
-        .token_to_id(token)
-        .ok_or_else(|| anyhow!("the fixture tokenizer lacks {token}"))
+    tokenizer.token_to_id(token).ok_or_else(|| anyhow!("the fixture tokenizer lacks {token}"))
 }
 
 #[cfg(test)]

@@ -53,23 +53,16 @@ pub fn write_fixture(dir: &Path, spec: &FixtureSpec) -> Result<()> {
         im_end: id_of(&tokenizer, IM_END)?,
     };
 
+    let files = [
+        ("config.json", hf_json::to_text(&hf_json::config(spec, vocab, &ids))),
+        ("generation_config.json", hf_json::to_text(&hf_json::generation_config(&ids))),
+        ("tokenizer.json", tokenizer_json(&tokenizer)?),
+        ("tokenizer_config.json", hf_json::to_text(&hf_json::tokenizer_config(spec, &ids))),
+    ];
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let write = |file: &str, text: String| {
+    for (file, text) in files {
         let path = dir.join(file);
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
-    };
-    write(
-        "config.json",
-        hf_json::to_text(&hf_json::config(spec, vocab, &ids)),
-    )?;
-    write(
-        "generation_config.json",
-        hf_json::to_text(&hf_json::generation_config(&ids)),
-    )?;
-    write("tokenizer.json", tokenizer_json(&tokenizer)?)?;
-    write(
-        "tokenizer_config.json",
-        hf_json::to_text(&hf_json::tokenizer_config(spec, &ids)),
-    )?;
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
     write_safetensors(&dir.join("model.safetensors"), spec, vocab)
 }

@@ -9,10 +9,8 @@ fn read(dir: &Path, file: &str) -> Vec<u8> {
 }
 
 fn file_names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
     names
 }
@@ -24,10 +22,7 @@ fn writing_twice_gives_identical_bytes() {
         write_fixture(&a.path().join(&spec.name), &spec).unwrap();
         write_fixture(&b.path().join(&spec.name), &spec).unwrap();
         for file in FIXTURE_FILES {
-            let (x, y) = (
-                read(&a.path().join(&spec.name), file),
-                read(&b.path().join(&spec.name), file),
-            );
+            let (x, y) = (read(&a.path().join(&spec.name), file), read(&b.path().join(&spec.name), file));
             assert!(x == y, "{}/{file} differs between two writes", spec.name);
         }
     }
@@ -39,12 +34,7 @@ fn committed_fixtures_match_the_code() {
     for spec in committed_specs() {
         let (committed, new) = (fixture_dir(&spec.name), fresh.path().join(&spec.name));
         write_fixture(&new, &spec).unwrap();
-        assert_eq!(
-            file_names(&committed),
-            file_names(&new),
-            "{}",
-            committed.display()
-        );
+        assert_eq!(file_names(&committed), file_names(&new), "{}", committed.display());
         for file in FIXTURE_FILES {
             assert!(
                 read(&committed, file) == read(&new, file),
@@ -59,10 +49,7 @@ fn committed_fixtures_match_the_code() {
 fn committed_fixtures_are_small() {
     for spec in committed_specs() {
         let dir = fixture_dir(&spec.name);
-        let bytes: u64 = FIXTURE_FILES
-            .iter()
-            .map(|f| read(&dir, f).len() as u64)
-            .sum();
+        let bytes: u64 = FIXTURE_FILES.iter().map(|f| read(&dir, f).len() as u64).sum();
         assert!(bytes < 2_000_000, "{} holds {bytes} bytes", spec.name);
     }
 }
@@ -81,9 +68,7 @@ fn tied_fixture_has_no_lm_head_and_qwen2_has_qkv_biases() {
     assert!(names("llama-mha").iter().any(|n| n == "lm_head.weight"));
     let qwen = names("qwen2-bias");
     for m in ["q", "k", "v"] {
-        assert!(qwen
-            .iter()
-            .any(|n| *n == format!("model.layers.1.self_attn.{m}_proj.bias")));
+        assert!(qwen.iter().any(|n| *n == format!("model.layers.1.self_attn.{m}_proj.bias")));
     }
     assert!(!qwen.iter().any(|n| n.contains("o_proj.bias")));
 }
@@ -91,10 +76,7 @@ fn tied_fixture_has_no_lm_head_and_qwen2_has_qkv_biases() {
 #[test]
 fn prompts_have_the_documented_lengths() {
     let tok = train_tokenizer().unwrap();
-    let lens: Vec<usize> = PROMPTS
-        .iter()
-        .map(|p| tok.encode(*p, true).unwrap().len())
-        .collect();
+    let lens: Vec<usize> = PROMPTS.iter().map(|p| tok.encode(*p, true).unwrap().len()).collect();
     assert_eq!(lens, [3, 10, 25, 43]);
     let chat = tok.encode(PROMPTS[2], true).unwrap();
     assert_eq!(chat.get_ids()[0], tok.token_to_id(IM_START).unwrap());
@@ -107,16 +89,9 @@ fn vocab_size_may_exceed_the_tokenizer_but_not_undercut_it() {
     write_fixture(dir.path(), &spec).unwrap();
     let bytes = read(dir.path(), "model.safetensors");
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    assert_eq!(
-        st.tensor("model.embed_tokens.weight").unwrap().shape(),
-        [TOKENIZER_VOCAB_SIZE + 7, 32]
-    );
-    assert_eq!(
-        st.tensor("lm_head.weight").unwrap().shape(),
-        [TOKENIZER_VOCAB_SIZE + 7, 32]
-    );
-    let config: serde_json::Value =
-        serde_json::from_slice(&read(dir.path(), "config.json")).unwrap();
+    assert_eq!(st.tensor("model.embed_tokens.weight").unwrap().shape(), [TOKENIZER_VOCAB_SIZE + 7, 32]);
+    assert_eq!(st.tensor("lm_head.weight").unwrap().shape(), [TOKENIZER_VOCAB_SIZE + 7, 32]);
+    let config: serde_json::Value = serde_json::from_slice(&read(dir.path(), "config.json")).unwrap();
     assert_eq!(config["vocab_size"], TOKENIZER_VOCAB_SIZE + 7);
 
     spec.vocab_size = Some(TOKENIZER_VOCAB_SIZE - 1);

@@ -10,7 +10,9 @@ fn main() -> Result<()> {
     let out = match (args.next(), args.next()) {
         (None, _) => fixture_dir(""),
         (Some(a), None) if a == "-h" || a == "--help" => {
-            println!("usage: genarm-fixtures [OUT_DIR]\n\nWrites the committed test fixtures into OUT_DIR/<name>/ (default: {}).", fixture_dir("").display());
+            println!("usage: genarm-fixtures [OUT_DIR]");
+            println!("Writes the committed test fixtures into OUT_DIR/<name>/.");
+            println!("Default OUT_DIR: {}", fixture_dir("").display());
             return Ok(());
         }
         (Some(dir), None) => PathBuf::from(dir),
@@ -19,9 +21,7 @@ fn main() -> Result<()> {
     for spec in committed_specs() {
         let dir = out.join(&spec.name);
         write_fixture(&dir, &spec)?;
-        let bytes: u64 = std::fs::read_dir(&dir)?
-            .map(|e| Ok(e?.metadata()?.len()))
-            .sum::<Result<u64>>()?;
+        let bytes: u64 = std::fs::read_dir(&dir)?.map(|e| Ok(e?.metadata()?.len())).sum::<Result<u64>>()?;
         println!("{:<16} {:>9} bytes  {}", spec.name, bytes, dir.display());
     }
     Ok(())
