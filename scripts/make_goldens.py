@@ -39,6 +39,7 @@ FIXTURES = ROOT / "crates" / "genarm-testkit" / "fixtures"
 TESTKIT_SRC = ROOT / "crates" / "genarm-testkit" / "src"
 OUT = ROOT / "crates" / "genarm-model" / "tests" / "goldens"
 FIXTURE_NAMES = ["llama-mha", "llama-gqa-tied", "qwen2-bias"]
+FIXTURE_HASHED_FILES = ["config.json", "model.safetensors", "tokenizer.json"]
 
 # SmolLM2 prompts: short (its vocab is 49152, so each position costs 192 KiB of f32 logits), and
 # covering what the tokenizer must get right: ChatML special tokens as single ids, digits split
@@ -229,7 +230,15 @@ def main() -> None:
         print(f"fixture {name}")
         model, tok = load(path)
         check_fixture_tokenizer(name, path, tok, prompts)
-        source = {"kind": "fixture", "path": str(path.relative_to(ROOT))}
+        source = {
+            "kind": "fixture",
+            "path": str(path.relative_to(ROOT)),
+            # The Rust test checks these, so a regenerated fixture with stale goldens fails clearly.
+            "sha256": {
+                f: hashlib.sha256((path / f).read_bytes()).hexdigest()
+                for f in FIXTURE_HASHED_FILES
+            },
+        }
         run_golden(name, source, model, tok, prompts)
 
     if SMOLLM2_NAME in names:

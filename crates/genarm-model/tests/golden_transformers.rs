@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use genarm_model::{Engine, EngineOptions, ModelAssets, StepSeq};
 use serde::Deserialize;
+use sha2::Digest;
 
 /// Max |Δ logit| allowed for the f32 fixtures (full forward and cached path).
 const FIXTURE_TOL: f32 = 1e-4;
@@ -22,10 +23,18 @@ const SMOLLM2_TOL: f32 = 2e-3;
 #[derive(Debug, Deserialize)]
 struct Golden {
     name: String,
+    source: GoldenSource,
     versions: serde_json::Value,
     vocab_size: usize,
     logits: String,
     prompts: Vec<GoldenPrompt>,
+}
+
+/// Where a golden came from; for fixtures, the SHA-256 of the files it was computed from.
+#[derive(Debug, Deserialize)]
+struct GoldenSource {
+    #[serde(default)]
+    sha256: serde_json::Value,
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,19 +56,27 @@ fn goldens_dir() -> PathBuf {
 fn load_golden(name: &str) -> Result<LoadedGolden> {
     let dir = goldens_dir();
     let json_path = dir.join(format!("{name}.json"));
-    let text = std::fs::read_to_string(&json_path)
-        .with_context(|| format!("reading {} (regenerate with scripts/make-goldens.sh)", json_path.display()))?;
-    let meta: Golden = serde_json::from_str(&text).with_context(|| format!("parsing {}", json_path.display()))?;
+    let text = std::fs::read_to_string(&json_path).with_context(|| {
+        format!("reading {} (regenerate with scripts/make-goldens.sh)", json_path.display())
+    })?;
+    let meta: Golden =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", json_path.display()))?;
     ensure!(meta.name == name, "{}: name is {:?}, expected {name:?}", json_path.display(), meta.name);
     ensure!(!meta.prompts.is_empty(), "{}: no prompts", json_path.display());
     let st_path = dir.join(&meta.logits);
     let bytes = std::fs::read(&st_path).with_context(|| format!("reading {}", st_path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).with_context(|| format!("parsing {}", st_path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("parsing {}", st_path.display()))?;
     let mut logits = Vec::new();
     for (i, p) in meta.prompts.iter().enumerate() {
         let key = format!("logits.{i}");
         let view = st.tensor(&key).with_context(|| format!("{}: tensor {key}", st_path.display()))?;
-        ensure!(view.dtype() == safetensors::Dtype::F32, "{}: {key} is {:?}, expected F32", st_path.display(), view.dtype());
+        ensure!(
+            view.dtype() == safetensors::Dtype::F32,
+            "{}: {key} is {:?}, expected F32",
+            st_path.display(),
+            view.dtype()
+        );
         ensure!(
             view.shape() == [p.ids.len(), meta.vocab_size],
             "{}: {key} has shape {:?}, expected [{}, {}]",
@@ -101,7 +118,8 @@ struct Deltas {
 fn check_golden(name: &str, model_path: &Path, tol: f32) -> Result<Deltas> {
     let golden = load_golden(name)?;
     println!("{name}: goldens from {}", golden.meta.versions);
-    let assets = ModelAssets::open(model_path).map_err(|e| anyhow!("opening {}: {e}", model_path.display()))?;
+    let assets =
+        ModelAssets::open(model_path).map_err(|e| anyhow!("opening {}: {e}", model_path.display()))?;
     ensure!(
         assets.config.vocab_size == golden.meta.vocab_size,
         "{name}: model vocab {} but golden vocab {}",
@@ -111,7 +129,11 @@ fn check_golden(name: &str, model_path: &Path, tol: f32) -> Result<Deltas> {
 
     // Tokenizer: exactly the golden ids, no BOS.
     for (i, p) in golden.meta.prompts.iter().enumerate() {
-        let enc = assets.tokenizer.tokenizer.encode(p.text.as_str(), false).map_err(|e| anyhow!("{name}: encode: {e}"))?;
+        let enc = assets
+            .tokenizer
+            .tokenizer
+            .encode(p.text.as_str(), false)
+            .map_err(|e| anyhow!("{name}: encode: {e}"))?;
         let ids = enc.get_ids();
         ensure!(
             ids == p.ids.as_slice(),
@@ -123,7 +145,8 @@ fn check_golden(name: &str, model_path: &Path, tol: f32) -> Result<Deltas> {
         );
     }
 
-    let engine = Engine::load(&assets, EngineOptions::default()).map_err(|e| anyhow!("{name}: Engine::load: {e}"))?;
+    let engine =
+        Engine::load(&assets, EngineOptions::default()).map_err(|e| anyhow!("{name}: Engine::load: {e}"))?;
     let vocab = golden.meta.vocab_size;
     let mut deltas = Deltas::default();
     for (i, (p, want)) in golden.meta.prompts.iter().zip(&golden.logits).enumerate() {
@@ -131,7 +154,11 @@ fn check_golden(name: &str, model_path: &Path, tol: f32) -> Result<Deltas> {
 
         // Full forward, every position.
         let got = engine.forward_full(&p.ids).map_err(|e| anyhow!("{name}: forward_full: {e}"))?;
-        ensure!(got.dims() == [len, vocab], "{name} prompt {i}: forward_full shape {:?}, expected [{len}, {vocab}]", got.dims());
+        ensure!(
+            got.dims() == [len, vocab],
+            "{name} prompt {i}: forward_full shape {:?}, expected [{len}, {vocab}]",
+            got.dims()
+        );
         let got: Vec<f32> = got.flatten_all()?.to_vec1()?;
         let (d, at) = max_abs_diff(&got, want).with_context(|| format!("{name} prompt {i} full forward"))?;
         println!(
@@ -160,9 +187,15 @@ fn check_golden(name: &str, model_path: &Path, tol: f32) -> Result<Deltas> {
             let out = engine
                 .step(vec![StepSeq { seq_id, start_pos: start, tokens: p.ids[start..end].to_vec() }])
                 .map_err(|e| anyhow!("{name}: step: {e}"))?;
-            let row = out.results.into_iter().next().context("step returned no result")?.map_err(|e| anyhow!("{name}: step: {e}"))?;
+            let row = out
+                .results
+                .into_iter()
+                .next()
+                .context("step returned no result")?
+                .map_err(|e| anyhow!("{name}: step: {e}"))?;
             let want_row = &want[(end - 1) * vocab..end * vocab];
-            let (d, at) = max_abs_diff(&row, want_row).with_context(|| format!("{name} prompt {i} cached step"))?;
+            let (d, at) =
+                max_abs_diff(&row, want_row).with_context(|| format!("{name} prompt {i} cached step"))?;
             println!("{name} prompt {i}: cached step [{start}..{end}) last-position max |Δ logit| = {d:.3e}");
             ensure!(
                 d <= tol,
@@ -174,13 +207,42 @@ fn check_golden(name: &str, model_path: &Path, tol: f32) -> Result<Deltas> {
         }
         ensure!(engine.release(seq_id), "{name}: release({seq_id}) found no sequence");
     }
-    println!("{name}: worst full-forward |Δ| {:.3e}, worst cached |Δ| {:.3e} (tolerance {tol:.0e})", deltas.full, deltas.cached);
+    println!(
+        "{name}: worst full-forward |Δ| {:.3e}, worst cached |Δ| {:.3e} (tolerance {tol:.0e})",
+        deltas.full, deltas.cached
+    );
     Ok(deltas)
+}
+
+/// Fails clearly when a fixture was regenerated after its golden was written.
+fn check_fixture_unchanged(name: &str, dir: &Path) -> Result<()> {
+    let golden = load_golden(name)?;
+    let hashes = golden.meta.source.sha256.as_object().context("golden source has no sha256 map")?;
+    ensure!(!hashes.is_empty(), "{name}: golden source lists no fixture file hashes");
+    for (file, want) in hashes {
+        let bytes =
+            std::fs::read(dir.join(file)).with_context(|| format!("reading {}", dir.join(file).display()))?;
+        let got = hex::encode(sha2::Sha256::digest(&bytes));
+        ensure!(
+            want.as_str() == Some(got.as_str()),
+            "{}: SHA-256 {got} but golden {name} was made from {want}: the fixture changed, rerun scripts/make-goldens.sh",
+            dir.join(file).display()
+        );
+    }
+    Ok(())
 }
 
 fn check_fixture(name: &str) -> Result<()> {
     let dir = genarm_testkit::fixture_dir(name);
     ensure!(dir.join("config.json").is_file(), "fixture {} is missing", dir.display());
+    check_fixture_unchanged(name, &dir)?;
+    let golden = load_golden(name)?;
+    let texts: Vec<&str> = golden.meta.prompts.iter().map(|p| p.text.as_str()).collect();
+    ensure!(
+        texts == genarm_testkit::PROMPTS,
+        "{name}: golden prompts {texts:?} differ from genarm_testkit::PROMPTS {:?}: rerun scripts/make-goldens.sh",
+        genarm_testkit::PROMPTS
+    );
     check_golden(name, &dir, FIXTURE_TOL).map(|_| ())
 }
 
