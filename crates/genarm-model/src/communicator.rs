@@ -164,10 +164,7 @@ pub use nccl::NcclCommunicator;
 mod nccl {
     //! NCCL collectives over candle CUDA tensors (rank = device ordinal).
 
-    use std::sync::Arc;
-
-    use candle_core::cuda_backend::cudarc::driver::DeviceSlice;
-    use candle_core::{backend::BackendStorage, CudaStorage, DType, Device, Shape, Storage, Tensor};
+    use candle_core::{CudaStorage, DType, Device, Shape, Storage, Tensor};
     use cudarc::nccl::safe::{Comm, Id, ReduceOp};
 
     use super::Communicator;
@@ -271,12 +268,12 @@ mod nccl {
             Ok(out.to_dtype(dtype)?)
         }
         fn abort(&self) {
-            let _ = self.comm.abort();
+            // cudarc exposes no safe ncclCommAbort, and aborting a communicator that another
+            // thread is blocked in is undefined in NCCL. A failed GPU rank is fatal for the
+            // worker process instead: the engine reports the error and the worker exits.
+            tracing::error!(rank = self.comm.rank(), "NCCL rank failed; the group cannot recover");
         }
     }
-
-    #[allow(unused_imports)]
-    use {Arc as _, BackendStorage as _, DeviceSlice as _};
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! One tensor-parallel rank's slice of a Llama-family decoder and its batched, variable-length
 //! forward over many sequences at different positions.
 
-use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 
 use crate::communicator::Communicator;
 use crate::config::LlamaConfig;
@@ -355,6 +355,3 @@ fn vocab_shard(full: &Tensor, vocab: usize, rank: usize, world: usize) -> Result
     let pad = Tensor::zeros((rows - take, full.dim(1)?), full.dtype(), full.device())?;
     Ok(Tensor::cat(&[&part, &pad], 0)?)
 }
-
-#[allow(unused_imports)]
-use {IndexOp as _, D as _};

@@ -19,16 +19,22 @@ fn half_precision_tracks_f32() {
             for (i, p) in prompts.iter().enumerate() {
                 let reference = rows(&f32_engine.forward_full(p).unwrap());
                 let full = rows(&engine.forward_full(p).unwrap());
-                let out = engine.step(vec![StepSeq { seq_id: i as u64, start_pos: 0, tokens: p.clone() }]).unwrap();
+                let out =
+                    engine.step(vec![StepSeq { seq_id: i as u64, start_pos: 0, tokens: p.clone() }]).unwrap();
                 let cached = out.results[0].clone().unwrap();
                 if dtype == DType::F16 {
                     // bf16 keeps 8 bits of mantissa: with logits in the tens, near-ties may flip.
-                    assert_eq!(argmax(&cached), argmax(reference.last().unwrap()), "{name} {dtype:?} prompt {i}");
+                    assert_eq!(
+                        argmax(&cached),
+                        argmax(reference.last().unwrap()),
+                        "{name} {dtype:?} prompt {i}"
+                    );
                 }
                 // Same dtype, cached vs uncached: only accumulation order differs.
                 let d_cache = max_abs_diff(&log_softmax(&cached), &log_softmax(full.last().unwrap()));
                 assert!(d_cache <= 0.25, "{name} {dtype:?}: cached vs full {d_cache}");
-                let probs_ref: Vec<f64> = log_softmax(reference.last().unwrap()).iter().map(|l| l.exp()).collect();
+                let probs_ref: Vec<f64> =
+                    log_softmax(reference.last().unwrap()).iter().map(|l| l.exp()).collect();
                 let probs: Vec<f64> = log_softmax(&cached).iter().map(|l| l.exp()).collect();
                 worst = worst.max(max_abs_diff(&probs, &probs_ref));
             }

@@ -1,7 +1,7 @@
 //! Helpers shared by the engine's integration tests.
 #![allow(dead_code)]
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use genarm_model::{Engine, EngineOptions, ModelAssets};
 
 /// The committed fixtures every numeric test runs on.
@@ -49,6 +49,3 @@ pub fn argmax(row: &[f32]) -> u32 {
     }
     best as u32
 }
-
-#[allow(unused_imports)]
-use D as _;
