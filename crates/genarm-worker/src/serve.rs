@@ -1,0 +1,151 @@
+//! Serving: bind the listener, announce it on stdout, serve `genarm.v1.Worker` and
+//! `grpc.health.v1` at once (NOT_SERVING while the model loads on a background thread, SERVING
+//! once it is loaded and warmed), and stop gracefully on a shutdown signal.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use genarm_model::ModelAssets;
+use genarm_proto::v1::worker_server::WorkerServer;
+use genarm_proto::v1::WORKER_SERVICE_NAME;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::config::WorkerConfig;
+use crate::error::WorkerError;
+use crate::info::build_info;
+use crate::load::{load_engine, open_assets};
+use crate::service::WorkerService;
+use crate::shutdown::shutdown_signal;
+
+/// The start of the line a worker prints on stdout once bound: `GENARM_LISTENING grpc <ip:port>`.
+pub const LISTENING_PREFIX: &str = "GENARM_LISTENING grpc";
+
+/// How long in-flight calls may take to finish after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The whole life of a worker process: opens the model (failing fast on a bad path), binds
+/// `config.listen`, prints the `GENARM_LISTENING grpc <addr>` line, then [`serve`]s until
+/// SIGTERM/SIGINT.
+pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
+    let shutdown = shutdown_signal()
+        .map_err(|e| WorkerError::Internal(format!("cannot install the SIGTERM/SIGINT handlers: {e}")))?;
+    let path = config.model.clone();
+    let assets = tokio::task::spawn_blocking(move || open_assets(&path))
+        .await
+        .map_err(|e| WorkerError::Internal(format!("the model opening task failed: {e}")))??;
+    // Refuse an impossible --tp before announcing the address (loading would fail anyway).
+    genarm_model::model::check_tp(&assets.config, config.engine.tp)
+        .map_err(|source| WorkerError::Model { path: config.model.clone(), source })?;
+    let listener = bind(&config.listen).await?;
+    let addr =
+        listener.local_addr().map_err(|source| WorkerError::Bind { addr: config.listen.clone(), source })?;
+    announce(addr)?;
+    tracing::info!(
+        %addr,
+        model = %assets.model_id,
+        role = %config.role.describe(),
+        tp = config.engine.tp,
+        device = ?config.engine.device,
+        dtype = config.dtype.name(),
+        "listening; loading the model"
+    );
+    serve(listener, assets, config, shutdown).await
+}
+
+/// Binds `listen` (`host:port`; port 0 picks a free port).
+pub async fn bind(listen: &str) -> Result<TcpListener, WorkerError> {
+    TcpListener::bind(listen).await.map_err(|source| WorkerError::Bind { addr: listen.to_owned(), source })
+}
+
+/// Prints `GENARM_LISTENING grpc <addr>` on stdout and flushes it.
+pub fn announce(addr: SocketAddr) -> Result<(), WorkerError> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{LISTENING_PREFIX} {addr}").and_then(|()| out.flush()).map_err(WorkerError::Announce)
+}
+
+/// Serves `assets` on `listener` until `shutdown` resolves: health NOT_SERVING (service names
+/// `""` and `genarm.v1.Worker`) while the weights load on a background thread, SERVING once the
+/// engine is loaded and warmed, NOT_SERVING again while draining. A load failure stops the
+/// server and is returned.
+pub async fn serve(
+    listener: TcpListener,
+    assets: ModelAssets,
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
+    let service = WorkerService::new(build_info(&assets, &config), config.role.clone());
+    let max = config.max_message_bytes;
+    if let Some(needed) = assets.config.vocab_size.checked_mul(4).filter(|&n| n + 1024 > max) {
+        tracing::warn!(
+            max_message_bytes = max,
+            needed,
+            "--max-message-bytes cannot hold even one sequence's f32 logits; steps will fail"
+        );
+    }
+    let (reporter, health) = tonic_health::server::health_reporter();
+    set_health(&reporter, ServingStatus::NotServing).await;
+    let worker =
+        WorkerServer::new(service.clone()).max_decoding_message_size(max).max_encoding_message_size(max);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = Server::builder().add_service(health).add_service(worker).serve_with_incoming_shutdown(
+        incoming,
+        async {
+            let _ = stop_rx.await;
+        },
+    );
+    let mut server = std::pin::pin!(server);
+    let mut shutdown = std::pin::pin!(shutdown);
+
+    let (load_tx, mut load_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("genarm-loader".into())
+        .spawn(move || {
+            let _ = load_tx.send(load_engine(&assets, &config));
+        })
+        .map_err(|e| WorkerError::Internal(format!("cannot spawn the model loading thread: {e}")))?;
+
+    let mut loading = true;
+    let outcome = loop {
+        tokio::select! {
+            r = &mut server => {
+                r?;
+                return Err(WorkerError::Internal("the gRPC server stopped on its own".into()));
+            }
+            r = &mut load_rx, if loading => {
+                loading = false;
+                match r {
+                    Ok(Ok(engine)) => {
+                        if !service.set_engine(engine) {
+                            break Err(WorkerError::Internal("the engine was installed twice".into()));
+                        }
+                        set_health(&reporter, ServingStatus::Serving).await;
+                        tracing::info!("model loaded and warmed; health SERVING");
+                    }
+                    Ok(Err(e)) => break Err(e),
+                    Err(_) => break Err(WorkerError::Internal("the model loading thread panicked".into())),
+                }
+            }
+            () = &mut shutdown => break Ok(()),
+        }
+    };
+    set_health(&reporter, ServingStatus::NotServing).await;
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
+        Ok(r) => r?,
+        Err(_) => {
+            tracing::warn!(timeout_s = DRAIN_TIMEOUT.as_secs(), "in-flight calls did not finish; exiting")
+        }
+    }
+    outcome
+}
+
+async fn set_health(reporter: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(WORKER_SERVICE_NAME, status).await;
+}
