@@ -1,0 +1,268 @@
+//! Command-line flags of `genarm-router` (each also read from a `GENARM_*` environment variable).
+
+use std::net::SocketAddr;
+
+use clap::{Parser, ValueEnum};
+
+/// The router's configuration, from flags or `GENARM_*` environment variables.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "genarm-router",
+    version,
+    about = "genarm router: OpenAI-compatible HTTP API over a base-worker and reward-model workers \
+             (GenARM guided decoding with continuous batching)",
+    long_about = None
+)]
+pub struct Args {
+    /// Address to listen on for HTTP, as host:port (port 0 picks a free port). Once bound, the
+    /// router prints `GENARM_LISTENING http <ip:port>` on stdout.
+    #[arg(long, env = "GENARM_LISTEN", value_name = "HOST:PORT", default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+
+    /// gRPC URL of the base-worker, e.g. `http://127.0.0.1:50051`.
+    #[arg(long, env = "GENARM_BASE", value_name = "URL")]
+    pub base: String,
+
+    /// A reward-model worker as NAME=URL, e.g. `helpful=http://127.0.0.1:50052`. Repeat the flag
+    /// for several reward models (the env variable takes a comma-separated list). NAME must match
+    /// the worker's own `--name`; requests refer to it in `guidance.rewards`.
+    #[arg(long = "rm", env = "GENARM_RM", value_name = "NAME=URL", value_delimiter = ',', value_parser = parse_rm)]
+    pub rms: Vec<RewardWorker>,
+
+    /// The model name clients put in `"model"`. Default: the base worker's model id (its
+    /// directory's or GGUF file's name).
+    #[arg(long, env = "GENARM_SERVED_MODEL_NAME", value_name = "NAME")]
+    pub served_model_name: Option<String>,
+
+    /// Guidance applied to requests that carry no `guidance` field, as NAME=WEIGHT,... over the
+    /// configured reward models (α_i = weight / --default-beta). Empty: such requests are
+    /// unguided (plain base-model sampling).
+    #[arg(long, env = "GENARM_DEFAULT_GUIDANCE", value_name = "NAME=W,...", value_parser = parse_guidance)]
+    pub default_guidance: Option<DefaultGuidance>,
+
+    /// β used with --default-guidance (α_i = weight / β); must be > 0.
+    #[arg(long, env = "GENARM_DEFAULT_BETA", value_name = "BETA", default_value_t = 1.0)]
+    pub default_beta: f32,
+
+    /// Most sequences decoded together in one step (continuous batching).
+    #[arg(long, env = "GENARM_MAX_BATCH_SIZE", value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batch_size: u32,
+
+    /// Prefill token budget per step: new requests join the running batch while the prompt
+    /// tokens they add to one step stay within it (one request is always admitted alone, even
+    /// when its prompt is longer).
+    #[arg(long, env = "GENARM_MAX_BATCH_TOKENS", value_name = "TOKENS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batch_tokens: u32,
+
+    /// Most requests waiting for a place in the batch; when the queue is full new requests get
+    /// HTTP 429 at once.
+    #[arg(long, env = "GENARM_MAX_WAITING", value_name = "N", default_value_t = 256)]
+    pub max_waiting: usize,
+
+    /// Largest accepted request body in bytes (larger bodies get HTTP 413).
+    #[arg(long, env = "GENARM_MAX_BODY_BYTES", value_name = "BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Element type workers use to send logits: f32 is exact; bf16 and f16 halve the bytes on
+    /// the wire at the cost of rounding.
+    #[arg(long, env = "GENARM_LOGITS_DTYPE", value_name = "DTYPE", value_enum, default_value_t = LogitsDtypeArg::F32)]
+    pub logits_dtype: LogitsDtypeArg,
+
+    /// Most stop strings one request may give.
+    #[arg(long, env = "GENARM_MAX_STOP_SEQUENCES", value_name = "N", default_value_t = 4)]
+    pub max_stop_sequences: usize,
+
+    /// How long to wait at startup for every worker to answer `Info` (workers may still be
+    /// loading their models); the router retries until then and exits with an error after.
+    #[arg(long, env = "GENARM_WORKER_CONNECT_TIMEOUT_SECS", value_name = "SECS", default_value_t = 600)]
+    pub worker_connect_timeout_secs: u64,
+
+    /// Timeout of one worker call (a `Step` of a whole batch included). A worker that does not
+    /// answer in time fails the requests of that step that used it.
+    #[arg(long, env = "GENARM_WORKER_TIMEOUT_SECS", value_name = "SECS", default_value_t = 300)]
+    pub worker_timeout_secs: u64,
+
+    /// How often a worker marked not ready is probed again, in milliseconds.
+    #[arg(long, env = "GENARM_WORKER_REPROBE_MS", value_name = "MS", default_value_t = 1000)]
+    pub worker_reprobe_ms: u64,
+
+    /// Largest gRPC message accepted from or sent to a worker, in bytes.
+    #[arg(long, env = "GENARM_MAX_MESSAGE_BYTES", value_name = "BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// On SIGTERM/SIGINT: seconds granted to in-flight requests to finish before they are
+    /// cancelled (and their KV released on every worker).
+    #[arg(long, env = "GENARM_SHUTDOWN_GRACE_SECS", value_name = "SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+}
+
+/// One `--rm NAME=URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewardWorker {
+    /// The reward name requests use.
+    pub name: String,
+    /// The worker's gRPC URL.
+    pub url: String,
+}
+
+/// `--default-guidance`: reward weights applied when a request has no `guidance`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DefaultGuidance {
+    /// (reward name, weight) pairs in the order given.
+    pub weights: Vec<(String, f32)>,
+}
+
+/// `--logits-dtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogitsDtypeArg {
+    /// 4 bytes per logit, exact.
+    F32,
+    /// bfloat16: 2 bytes per logit.
+    Bf16,
+    /// IEEE half: 2 bytes per logit.
+    F16,
+}
+
+/// Whether `name` is usable as a reward name (it appears in JSON keys and metric labels).
+pub fn valid_reward_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+fn parse_rm(s: &str) -> Result<RewardWorker, String> {
+    let (name, url) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAME=URL (example: helpful=http://127.0.0.1:50052)"))?;
+    let name = name.trim();
+    let url = url.trim();
+    if !valid_reward_name(name) {
+        return Err(format!(
+            "reward name `{name}` must be non-empty and use only letters, digits, `_`, `-`, `.`"
+        ));
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!("worker URL `{url}` for `{name}` must start with http:// or https://"));
+    }
+    Ok(RewardWorker { name: name.to_string(), url: url.to_string() })
+}
+
+fn parse_guidance(s: &str) -> Result<DefaultGuidance, String> {
+    let mut weights = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, w) = part
+            .split_once('=')
+            .ok_or_else(|| format!("`{part}` is not NAME=WEIGHT (example: helpful=1.0,harmless=0.5)"))?;
+        let w: f32 = w.trim().parse().map_err(|_| format!("weight `{w}` of `{name}` is not a number"))?;
+        if !w.is_finite() {
+            return Err(format!("weight of `{name}` must be finite, got {w}"));
+        }
+        weights.push((name.trim().to_string(), w));
+    }
+    Ok(DefaultGuidance { weights })
+}
+
+impl Args {
+    /// Checks what clap cannot: distinct reward names, a sane β, default guidance over known
+    /// reward names, a non-zero queue.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut names: Vec<&str> = self.rms.iter().map(|r| r.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!(
+                "--rm {} is given twice; replicas of one reward model are not supported yet, give each \
+                 reward model once",
+                w[0]
+            ));
+        }
+        if !(self.default_beta.is_finite() && self.default_beta > 0.0) {
+            return Err(format!("--default-beta must be a finite number > 0, got {}", self.default_beta));
+        }
+        if let Some(g) = &self.default_guidance {
+            for (name, _) in &g.weights {
+                if !names.contains(&name.as_str()) {
+                    return Err(format!(
+                        "--default-guidance names reward model `{name}`, which is not configured; configured \
+                         with --rm: [{}]",
+                        names.join(", ")
+                    ));
+                }
+            }
+        }
+        if self.max_waiting == 0 {
+            return Err("--max-waiting must be at least 1".into());
+        }
+        if !self.base.starts_with("http://") && !self.base.starts_with("https://") {
+            return Err(format!("--base `{}` must be a URL starting with http:// or https://", self.base));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("genarm-router").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn every_flag_has_a_genarm_env_var_and_help() {
+        use clap::CommandFactory;
+        let cmd = Args::command();
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            let env = arg.get_env().unwrap_or_else(|| panic!("--{id} has no env var"));
+            assert!(env.to_str().unwrap().starts_with("GENARM_"), "--{id}: {env:?}");
+            assert!(arg.get_help().is_some(), "--{id} has no help");
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let a = parse(&["--base", "http://127.0.0.1:1"]).unwrap();
+        assert_eq!(a.max_batch_size, 32);
+        assert_eq!(a.max_batch_tokens, 4096);
+        assert_eq!(a.max_waiting, 256);
+        assert_eq!(a.max_body_bytes, 4 << 20);
+        assert_eq!(a.logits_dtype, LogitsDtypeArg::F32);
+        assert!(a.rms.is_empty());
+        a.validate().unwrap();
+    }
+
+    #[test]
+    fn reward_workers_and_guidance() {
+        let a = parse(&[
+            "--base",
+            "http://h:1",
+            "--rm",
+            "helpful=http://h:2",
+            "--rm",
+            "harmless=http://h:3",
+            "--default-guidance",
+            "helpful=1.0, harmless=0.5",
+            "--default-beta",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(a.rms[1], RewardWorker { name: "harmless".into(), url: "http://h:3".into() });
+        assert_eq!(a.default_guidance.as_ref().unwrap().weights[1], ("harmless".into(), 0.5));
+        a.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_flags_are_refused_with_reasons() {
+        assert!(parse(&["--base", "http://h:1", "--rm", "nourl"]).is_err());
+        assert!(parse(&["--base", "http://h:1", "--rm", "a=ftp://x"]).is_err());
+        assert!(parse(&["--base", "http://h:1", "--default-guidance", "a=x"]).is_err());
+        let a = parse(&["--base", "http://h:1", "--rm", "a=http://h:2", "--rm", "a=http://h:3"]).unwrap();
+        assert!(a.validate().unwrap_err().contains("twice"));
+        let a = parse(&["--base", "http://h:1", "--default-guidance", "zz=1"]).unwrap();
+        assert!(a.validate().unwrap_err().contains("zz"));
+        let a = parse(&["--base", "http://h:1", "--default-beta", "0"]).unwrap();
+        assert!(a.validate().unwrap_err().contains("beta"));
+        assert!(parse(&["--base", "http://h:1", "--max-batch-size", "0"]).is_err());
+    }
+}

@@ -1,0 +1,194 @@
+//! `RouterError`: every failure a client can see, mapped once to an HTTP status and the OpenAI
+//! error JSON `{"error": {"message", "type", "param", "code"}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// An error answered to a client, as an HTTP response or as the last SSE event of a stream.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RouterError {
+    /// The request is malformed or asks for something impossible (400).
+    #[error("{message}")]
+    InvalidRequest {
+        /// What is wrong and how to fix it.
+        message: String,
+        /// The request field at fault, if one is.
+        param: Option<String>,
+    },
+    /// `model` names no served model (404).
+    #[error("the model `{requested}` does not exist; this server serves `{served}` (see GET /v1/models)")]
+    ModelNotFound {
+        /// The name the client sent.
+        requested: String,
+        /// The served base model's name.
+        served: String,
+    },
+    /// The request body is larger than the limit (413).
+    #[error("request body too large: the limit is {limit} bytes (--max-body-bytes); send a smaller request")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The waiting queue is full (429).
+    #[error("server overloaded: {waiting} requests are already waiting (--max-waiting); retry later")]
+    Overloaded {
+        /// The queue's capacity.
+        waiting: usize,
+    },
+    /// A worker this request needs is not connected or not ready, or the router is shutting
+    /// down (503).
+    #[error("{message}")]
+    Unavailable {
+        /// What is unavailable.
+        message: String,
+    },
+    /// A worker failed while serving this request (503), naming the worker.
+    #[error("{worker} failed: {message}")]
+    WorkerFailed {
+        /// The worker's display name (`base` or the reward name, with its URL).
+        worker: String,
+        /// What happened.
+        message: String,
+    },
+    /// No route for this path (404).
+    #[error("no route for {method} {path}; the API serves POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health, GET /ready, GET /metrics")]
+    UnknownRoute {
+        /// The request's method.
+        method: String,
+        /// The request's path.
+        path: String,
+    },
+    /// The path exists but not with this method (405).
+    #[error("{method} is not allowed on {path}")]
+    MethodNotAllowed {
+        /// The request's method.
+        method: String,
+        /// The request's path.
+        path: String,
+    },
+    /// A bug or an impossible state on the router's side (500).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The body of an OpenAI error response.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ErrorBody {
+    /// The error itself.
+    pub error: ErrorDetail,
+}
+
+/// The `error` object of an OpenAI error response.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ErrorDetail {
+    /// Human-readable explanation naming the problem and the fix.
+    pub message: String,
+    /// Error class (`invalid_request_error`, `server_error`, ...).
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The request field at fault, or null.
+    pub param: Option<String>,
+    /// A machine-readable code, or null.
+    pub code: Option<&'static str>,
+}
+
+impl RouterError {
+    /// A 400 about `param`.
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidRequest { message: message.into(), param: Some(param.into()) }
+    }
+
+    /// A 400 not tied to one field.
+    pub fn invalid_body(message: impl Into<String>) -> Self {
+        Self::InvalidRequest { message: message.into(), param: None }
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::ModelNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable { .. } | Self::WorkerFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UnknownRoute { .. } => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The OpenAI error JSON for this error.
+    pub fn body(&self) -> ErrorBody {
+        let (kind, code, param) = match self {
+            Self::InvalidRequest { param, .. } => ("invalid_request_error", None, param.clone()),
+            Self::ModelNotFound { .. } => {
+                ("invalid_request_error", Some("model_not_found"), Some("model".to_string()))
+            }
+            Self::PayloadTooLarge { .. } => ("invalid_request_error", Some("request_too_large"), None),
+            Self::Overloaded { .. } => ("rate_limit_error", Some("overloaded"), None),
+            Self::Unavailable { .. } => ("service_unavailable_error", Some("not_ready"), None),
+            Self::WorkerFailed { .. } => ("service_unavailable_error", Some("worker_failed"), None),
+            Self::UnknownRoute { .. } => ("invalid_request_error", Some("unknown_route"), None),
+            Self::MethodNotAllowed { .. } => ("invalid_request_error", Some("method_not_allowed"), None),
+            Self::Internal(_) => ("server_error", Some("internal_error"), None),
+        };
+        ErrorBody { error: ErrorDetail { message: self.to_string(), kind, param, code } }
+    }
+}
+
+impl IntoResponse for RouterError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if matches!(self, Self::Unavailable { .. }) {
+            // Expected while workers load or restart (and polled by readiness probes).
+            tracing::debug!(status = status.as_u16(), error = %self, "not available");
+        } else if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), error = %self, "request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), error = %self, "request refused");
+        }
+        (status, axum::Json(self.body())).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(e: &RouterError) -> serde_json::Value {
+        serde_json::to_value(e.body()).unwrap()
+    }
+
+    #[test]
+    fn shapes_follow_openai() {
+        let e = RouterError::invalid("temperature", "`temperature` must be >= 0, got -1");
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            json(&e),
+            serde_json::json!({"error": {"message": "`temperature` must be >= 0, got -1",
+                "type": "invalid_request_error", "param": "temperature", "code": null}})
+        );
+        let e = RouterError::ModelNotFound { requested: "gpt-4".into(), served: "tiny".into() };
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        let v = json(&e);
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert!(v["error"]["message"].as_str().unwrap().contains("gpt-4"));
+        assert!(v["error"]["message"].as_str().unwrap().contains("tiny"));
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(RouterError::PayloadTooLarge { limit: 1 }.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(RouterError::Overloaded { waiting: 1 }.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            RouterError::WorkerFailed { worker: "rm helpful".into(), message: "gone".into() }.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            RouterError::Unavailable { message: "x".into() }.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(RouterError::Internal("x".into()).status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

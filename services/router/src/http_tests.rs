@@ -1,0 +1,294 @@
+//! Unit tests of the HTTP layer over the fake backend: OpenAI response and error JSON shapes,
+//! SSE framing (`data: {json}` chunks ending in `data: [DONE]`), body rejections (malformed
+//! JSON, invalid UTF-8, 413), readiness, 404/405, and 429 on a full queue.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use genarm_fusion::WireDtype;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::http::{router, AppState, Core};
+use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::testing::{fixture_catalog, FakeBackend};
+use crate::validate::ValidationConfig;
+
+struct Server {
+    url: String,
+    backend: Arc<FakeBackend>,
+    client: reqwest::Client,
+    _abort: watch::Sender<bool>,
+}
+
+async fn serve(max_waiting: usize, run_scheduler: bool) -> Server {
+    let catalog = Arc::new(fixture_catalog(512));
+    let backend = Arc::new(FakeBackend::new(3, catalog.vocab, 100_000));
+    let (abort_tx, abort) = watch::channel(false);
+    let (sched, handle) = Scheduler::new(
+        Arc::clone(&backend),
+        SchedulerConfig {
+            vocab: catalog.vocab,
+            eos: vec![0],
+            max_context: catalog.max_context,
+            dtype: WireDtype::F32,
+            max_batch_size: 8,
+            max_batch_tokens: 4096,
+            max_waiting,
+        },
+        abort,
+    );
+    if run_scheduler {
+        tokio::spawn(sched.run());
+    } else {
+        std::mem::forget(sched);
+    }
+    let state = Arc::new(AppState::new(None, 4096));
+    let health: Arc<dyn crate::backend::WorkerHealth> = backend.clone();
+    let _ = state.core.set(Core {
+        catalog,
+        health,
+        scheduler: handle,
+        validation: ValidationConfig {
+            served_model: "tiny".into(),
+            default_guidance: vec![],
+            max_stop_sequences: 4,
+        },
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    Server { url, backend, client: reqwest::Client::new(), _abort: abort_tx }
+}
+
+impl Server {
+    async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, String, String) {
+        let r = self.client.post(format!("{}{path}", self.url)).body(body).send().await.unwrap();
+        let status = r.status().as_u16();
+        let ct = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        (status, ct, r.text().await.unwrap())
+    }
+
+    async fn post_json(&self, path: &str, body: Value) -> (u16, Value) {
+        let (s, _, text) = self.post(path, body.to_string()).await;
+        (s, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let r = self.client.get(format!("{}{path}", self.url)).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+}
+
+/// Parses an SSE body into its data payloads, checking the framing.
+fn sse_data(body: &str) -> Vec<String> {
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    body.split("\n\n")
+        .filter(|e| !e.is_empty())
+        .filter(|e| !e.starts_with(':'))
+        .map(|e| e.strip_prefix("data: ").unwrap_or_else(|| panic!("not a data event: {e:?}")).to_string())
+        .collect()
+}
+
+fn assert_error(v: &Value, param: Option<&str>, needle: &str) {
+    let e = &v["error"];
+    assert!(e["message"].as_str().unwrap().contains(needle), "{v}");
+    assert!(e["type"].is_string(), "{v}");
+    assert_eq!(e["param"].as_str(), param, "{v}");
+    assert!(e.as_object().unwrap().contains_key("code"), "{v}");
+}
+
+#[tokio::test]
+async fn completion_whole_and_streamed_agree() {
+    let s = serve(16, true).await;
+    let req = json!({"model": "tiny", "prompt": "Hello there", "max_tokens": 12, "seed": 5,
+                     "guidance": {"rewards": {"helpful": 1.0}, "beta": 0.5}});
+    let (status, v) = s.post_json("/v1/completions", req.clone()).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["model"], "tiny");
+    assert!(v["id"].as_str().unwrap().starts_with("cmpl-"));
+    let choice = &v["choices"][0];
+    let reason = choice["finish_reason"].as_str().unwrap();
+    assert!(reason == "stop" || reason == "length");
+    let usage = &v["usage"];
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+    );
+
+    let mut sreq = req.clone();
+    sreq["stream"] = json!(true);
+    sreq["stream_options"] = json!({"include_usage": true});
+    let (status, ct, body) = s.post("/v1/completions", sreq.to_string()).await;
+    assert_eq!(status, 200);
+    assert!(ct.starts_with("text/event-stream"), "{ct}");
+    let data = sse_data(&body);
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> =
+        data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"].get(0))
+        .map(|c| c["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(text, choice["text"].as_str().unwrap());
+    let last_choice = chunks.iter().rev().find(|c| !c["choices"].as_array().unwrap().is_empty()).unwrap();
+    assert_eq!(last_choice["choices"][0]["finish_reason"].as_str().unwrap(), reason);
+    let usage_chunk = chunks.last().unwrap();
+    assert_eq!(usage_chunk["choices"], json!([]));
+    assert_eq!(usage_chunk["usage"], *usage);
+    // The ARM was called (guided), and everything was released.
+    assert!(!s.backend.state(2).steps.is_empty());
+    assert!(s.backend.state(1).steps.is_empty(), "an ARM not in the request gets no step");
+}
+
+#[tokio::test]
+async fn chat_whole_and_streamed_with_logprobs() {
+    let s = serve(16, true).await;
+    let req = json!({"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6,
+                     "temperature": 0, "logprobs": true, "top_logprobs": 3});
+    let (status, v) = s.post_json("/v1/chat/completions", req.clone()).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len() as u64, v["usage"]["completion_tokens"].as_u64().unwrap());
+    assert_eq!(content[0]["top_logprobs"].as_array().unwrap().len(), 3);
+    assert!(content[0]["logprob"].as_f64().unwrap() <= 0.0);
+    assert!(content[0]["bytes"].is_array());
+
+    let mut sreq = req;
+    sreq["stream"] = json!(true);
+    let (_, _, body) = s.post("/v1/chat/completions", sreq.to_string()).await;
+    let data = sse_data(&body);
+    let chunks: Vec<Value> =
+        data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    assert_eq!(chunks[0]["object"], "chat.completion.chunk");
+    assert_eq!(chunks[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(text, v["choices"][0]["message"]["content"].as_str().unwrap());
+    assert!(chunks.last().unwrap()["choices"][0]["finish_reason"].is_string());
+}
+
+#[tokio::test]
+async fn body_rejections_are_openai_errors() {
+    let s = serve(16, true).await;
+    let (st, ct, body) = s.post("/v1/completions", "{\"model\": \"tiny\", \"prompt\": ").await;
+    assert_eq!(st, 400);
+    assert!(ct.starts_with("application/json"));
+    assert_error(&serde_json::from_str(&body).unwrap(), None, "not valid JSON");
+
+    let (st, _, body) =
+        s.post("/v1/completions", b"{\"model\": \"tiny\", \"prompt\": \"\xff\xfe\"}".to_vec()).await;
+    assert_eq!(st, 400);
+    assert_error(&serde_json::from_str(&body).unwrap(), None, "UTF-8");
+
+    let big = json!({"model": "tiny", "prompt": "x".repeat(10_000)}).to_string();
+    let (st, _, body) = s.post("/v1/completions", big).await;
+    assert_eq!(st, 413);
+    assert_error(&serde_json::from_str(&body).unwrap(), None, "4096");
+
+    let (st, v) = s.post_json("/v1/completions", json!({"prompt": "x"})).await;
+    assert_eq!(st, 400);
+    assert_error(&v, Some("model"), "missing field `model`");
+
+    let (st, v) = s
+        .post_json(
+            "/v1/completions",
+            json!({"model": "tiny", "prompt": "x", "guidance": {"rewards": {"a": "heavy"}}}),
+        )
+        .await;
+    assert_eq!(st, 400);
+    assert_error(&v, Some("guidance"), "heavy");
+    let (st, v) =
+        s.post_json("/v1/completions", json!({"model": "tiny", "prompt": "x", "max_tokens": -1})).await;
+    assert_eq!(st, 400);
+    assert_error(&v, Some("max_tokens"), "-1");
+    let (st, v) =
+        s.post_json("/v1/chat/completions", json!({"model": "tiny", "messages": [{"content": "x"}]})).await;
+    assert_eq!(st, 400);
+    assert_error(&v, Some("messages"), "role");
+
+    let (st, v) = s.post_json("/v1/completions", json!({"model": "nope", "prompt": "x"})).await;
+    assert_eq!(st, 404);
+    assert_error(&v, Some("model"), "nope");
+    assert_eq!(v["error"]["code"], "model_not_found");
+
+    let (st, v) =
+        s.post_json("/v1/completions", json!({"model": "tiny", "prompt": "x", "temperature": -2})).await;
+    assert_eq!(st, 400);
+    assert_error(&v, Some("temperature"), "-2");
+
+    let (st, body) = s.get("/v1/nothing").await;
+    assert_eq!(st, 404);
+    assert_error(&serde_json::from_str(&body).unwrap(), None, "/v1/nothing");
+    let (st, body) = s.get("/v1/completions").await;
+    assert_eq!(st, 405);
+    assert_error(&serde_json::from_str(&body).unwrap(), None, "GET");
+
+    // Still serving.
+    let (st, _) =
+        s.post_json("/v1/completions", json!({"model": "tiny", "prompt": "x", "max_tokens": 2})).await;
+    assert_eq!(st, 200);
+}
+
+#[tokio::test]
+async fn readiness_follows_the_workers() {
+    let s = serve(16, true).await;
+    assert_eq!(s.get("/health").await.0, 200);
+    assert_eq!(s.get("/ready").await.0, 200);
+    let (st, body) = s.get("/v1/models").await;
+    assert_eq!(st, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["tiny", "harmless", "helpful"]);
+    assert!(v["data"].as_array().unwrap().iter().all(|m| m["owned_by"] == "genarm"));
+
+    s.backend.models[2].ready.store(false, Ordering::SeqCst);
+    let (st, body) = s.get("/ready").await;
+    assert_eq!(st, 503);
+    assert!(body.contains("arm2"), "{body}");
+    let (st, v) = s
+        .post_json(
+            "/v1/completions",
+            json!({"model": "tiny", "prompt": "x", "guidance": {"rewards": {"helpful": 1.0}}}),
+        )
+        .await;
+    assert_eq!(st, 503);
+    assert_error(&v, None, "arm2");
+    let (st, _) =
+        s.post_json("/v1/completions", json!({"model": "tiny", "prompt": "x", "max_tokens": 2})).await;
+    assert_eq!(st, 200, "unguided requests keep working");
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_429() {
+    // The scheduler does not run: the first request waits forever, the second finds the queue full.
+    let s = Arc::new(serve(1, false).await);
+    let s2 = Arc::clone(&s);
+    let first = tokio::spawn(async move {
+        s2.post_json("/v1/completions", json!({"model": "tiny", "prompt": "x"})).await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (st, v) = s.post_json("/v1/completions", json!({"model": "tiny", "prompt": "x"})).await;
+    assert_eq!(st, 429);
+    assert_error(&v, None, "overloaded");
+    first.abort();
+}
+
+#[tokio::test]
+async fn a_not_connected_router_is_not_ready() {
+    let state = Arc::new(AppState::new(None, 1024));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    let r = reqwest::get(format!("{url}/ready")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert_error(&v, None, "connecting");
+    assert_eq!(reqwest::get(format!("{url}/health")).await.unwrap().status().as_u16(), 200);
+}

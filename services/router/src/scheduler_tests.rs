@@ -1,0 +1,382 @@
+//! Unit tests of the scheduler's batching, preemption, replay, failure and cancellation logic,
+//! driven by the in-process fake backend of [`crate::testing`].
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use genarm_fusion::{SamplingParams, WireDtype};
+use tokio::sync::{mpsc, watch};
+
+use crate::error::RouterError;
+use crate::scheduler::{
+    ArmRequest, Event, FinishReason, GenRequest, Scheduler, SchedulerConfig, SchedulerHandle, SchedulerStats,
+};
+use crate::testing::{reference, FakeBackend, FakeText};
+
+const V: usize = 64;
+const EOS: u32 = 0;
+
+fn config() -> SchedulerConfig {
+    SchedulerConfig {
+        vocab: V,
+        eos: vec![EOS],
+        max_context: 4096,
+        dtype: WireDtype::F32,
+        max_batch_size: 32,
+        max_batch_tokens: 4096,
+        max_waiting: 64,
+    }
+}
+
+struct Harness {
+    backend: Arc<FakeBackend>,
+    handle: SchedulerHandle,
+    stats: Arc<SchedulerStats>,
+    _abort: watch::Sender<bool>,
+}
+
+fn start(backend: FakeBackend, cfg: SchedulerConfig) -> Harness {
+    let backend = Arc::new(backend);
+    let (abort_tx, abort) = watch::channel(false);
+    let (sched, handle) = Scheduler::new(Arc::clone(&backend), cfg, abort);
+    let stats = sched.stats();
+    tokio::spawn(sched.run());
+    Harness { backend, handle, stats, _abort: abort_tx }
+}
+
+fn greedy() -> SamplingParams {
+    SamplingParams { temperature: 0.0, ..Default::default() }
+}
+
+fn request(prompt: Vec<u32>, arms: Vec<ArmRequest>, sampling: SamplingParams, max_tokens: u32) -> GenRequest {
+    GenRequest {
+        request_id: "cmpl-test".into(),
+        base_prompt: prompt,
+        arms,
+        sampling,
+        max_tokens,
+        top_logprobs: None,
+        text: FakeText::new(None),
+    }
+}
+
+/// Collects a request's tokens and its final event.
+async fn collect(
+    rx: mpsc::UnboundedReceiver<Event>,
+) -> (Vec<u32>, String, Result<FinishReason, RouterError>) {
+    collect_after(rx, Vec::new()).await
+}
+
+/// [`collect`] after `tokens` were already read.
+async fn collect_after(
+    mut rx: mpsc::UnboundedReceiver<Event>,
+    mut tokens: Vec<u32>,
+) -> (Vec<u32>, String, Result<FinishReason, RouterError>) {
+    let mut text = String::new();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.expect("event within 20 s");
+        match ev.expect("channel open until the last event") {
+            Event::Token { token, text: t, .. } => {
+                tokens.push(token);
+                text.push_str(&t);
+            }
+            Event::Finished { reason, usage } => {
+                assert_eq!(usage.completion_tokens as usize, tokens.len());
+                return (tokens, text, Ok(reason));
+            }
+            Event::Failed(e) => return (tokens, text, Err(e)),
+        }
+    }
+}
+
+fn reference_tokens(
+    prompt: &[u32],
+    arms: &[ArmRequest],
+    params: SamplingParams,
+    max_tokens: u32,
+) -> Vec<u32> {
+    let arms: Vec<(usize, f32, Vec<u32>)> =
+        arms.iter().map(|a| (a.model, a.alpha, a.prompt.clone())).collect();
+    reference(V, prompt, &arms, params, max_tokens as usize, &[EOS])
+}
+
+#[tokio::test]
+async fn unguided_greedy_matches_reference_and_calls_no_arm() {
+    let h = start(FakeBackend::new(3, V, 10_000), config());
+    let prompt = vec![5, 6, 7];
+    let rx = h.handle.submit(request(prompt.clone(), vec![], greedy(), 12)).unwrap();
+    let (tokens, text, fin) = collect(rx).await;
+    let want = reference_tokens(&prompt, &[], greedy(), 12);
+    assert_eq!(tokens, want);
+    assert_eq!(text, want.iter().filter(|&&t| t != EOS).map(|t| format!("<{t}>")).collect::<String>());
+    assert_eq!(fin.unwrap(), if want.len() < 12 { FinishReason::Stop } else { FinishReason::Length });
+    assert!(h.backend.state(1).steps.is_empty() && h.backend.state(2).steps.is_empty());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(h.backend.state(0).held.is_empty(), "released after finishing");
+}
+
+#[tokio::test]
+async fn guided_two_arms_with_own_prompts_match_reference() {
+    let h = start(FakeBackend::new(3, V, 10_000), config());
+    let arms = vec![
+        ArmRequest { model: 1, alpha: 0.7, prompt: vec![9, 5, 6, 7] },
+        ArmRequest { model: 2, alpha: -0.25, prompt: vec![5, 6, 7, 11] },
+    ];
+    let params = SamplingParams { temperature: 0.8, top_p: Some(0.9), top_k: Some(20), seed: 42 };
+    let rx = h.handle.submit(request(vec![5, 6, 7], arms.clone(), params, 16)).unwrap();
+    let (tokens, _, fin) = collect(rx).await;
+    assert!(fin.is_ok());
+    assert_eq!(tokens, reference_tokens(&[5, 6, 7], &arms, params, 16));
+    let unguided = reference_tokens(&[5, 6, 7], &[], params, 16);
+    assert_ne!(tokens, unguided, "guidance changes the output of this fake");
+    // Exactly one forward per model per generated token (invariant 8).
+    for m in 0..3 {
+        assert_eq!(h.backend.state(m).steps.len(), tokens.len());
+    }
+}
+
+#[tokio::test]
+async fn seeded_output_does_not_depend_on_the_batch() {
+    let h = start(FakeBackend::new(2, V, 100_000), config());
+    let arms = vec![ArmRequest { model: 1, alpha: 0.5, prompt: vec![3, 4] }];
+    let params = SamplingParams { temperature: 1.0, top_p: None, top_k: None, seed: 7 };
+    let (alone, _, _) =
+        collect(h.handle.submit(request(vec![3, 4], arms.clone(), params, 20)).unwrap()).await;
+
+    let mut rxs = Vec::new();
+    for i in 0..8u32 {
+        let p = SamplingParams { seed: 100 + i as u64, ..params };
+        let a = if i % 2 == 0 { arms.clone() } else { vec![] };
+        rxs.push(h.handle.submit(request(vec![i + 1, 2, 3], a, p, 20)).unwrap());
+    }
+    let target = h.handle.submit(request(vec![3, 4], arms.clone(), params, 20)).unwrap();
+    let (together, _, _) = collect(target).await;
+    for rx in rxs {
+        assert!(collect(rx).await.2.is_ok());
+    }
+    assert_eq!(alone, together);
+    assert_eq!(alone, reference_tokens(&[3, 4], &arms, params, 20));
+    assert!(h.stats.max_batch.load(Ordering::Relaxed) > 1, "requests were batched");
+}
+
+#[tokio::test]
+async fn thirty_two_concurrent_requests_complete_in_batches() {
+    let h = start(FakeBackend::new(2, V, 1_000_000), config());
+    let mut rxs = Vec::new();
+    for i in 0..32u32 {
+        let arms =
+            if i % 3 == 0 { vec![ArmRequest { model: 1, alpha: 1.0, prompt: vec![i, 1] }] } else { vec![] };
+        let p = SamplingParams { seed: i as u64, ..Default::default() };
+        rxs.push((i, arms.clone(), p, h.handle.submit(request(vec![i, 1], arms, p, 8)).unwrap()));
+    }
+    for (i, arms, p, rx) in rxs {
+        let (tokens, _, fin) = collect(rx).await;
+        assert!(fin.is_ok());
+        assert_eq!(tokens, reference_tokens(&[i, 1], &arms, p, 8), "request {i}");
+    }
+    assert!(h.stats.max_batch.load(Ordering::Relaxed) > 1);
+    assert!(h.stats.max_batch.load(Ordering::Relaxed) <= 32);
+}
+
+#[tokio::test]
+async fn batch_size_and_prefill_budget_are_respected() {
+    let mut cfg = config();
+    cfg.max_batch_size = 3;
+    cfg.max_batch_tokens = 10;
+    let h = start(FakeBackend::new(1, V, 1_000_000), cfg);
+    let mut rxs = Vec::new();
+    for i in 0..6u32 {
+        rxs.push(h.handle.submit(request(vec![i + 1; 4], vec![], greedy(), 5)).unwrap());
+    }
+    for rx in rxs {
+        assert!(collect(rx).await.2.is_ok());
+    }
+    let st = h.backend.state(0);
+    assert!(st.steps.iter().all(|s| s.len() <= 3), "batch size limit");
+    assert!(st.steps.iter().any(|s| s.len() > 1));
+    assert_eq!(h.stats.max_batch.load(Ordering::Relaxed), 3);
+}
+
+#[tokio::test]
+async fn kv_exhaustion_preempts_and_replays_without_changing_outputs() {
+    // 6 requests of 4 + 12 tokens need 96 tokens; the worker holds 40.
+    let h = start(FakeBackend::new(2, V, 40), config());
+    let mut rxs = Vec::new();
+    for i in 0..6u32 {
+        let arms = vec![ArmRequest { model: 1, alpha: 0.5, prompt: vec![i + 1, 2, 3, 4] }];
+        let p = SamplingParams { seed: i as u64, temperature: 0.9, ..Default::default() };
+        // No EOS in this test: every request grows to its full length.
+        let mut r = request(vec![i + 1, 2, 3, 4], arms.clone(), p, 12);
+        r.text = FakeText::new(None);
+        rxs.push((i, arms, p, h.handle.submit(r).unwrap()));
+    }
+    for (i, arms, p, rx) in rxs {
+        let (tokens, _, fin) = collect(rx).await;
+        assert!(fin.is_ok(), "request {i}: {fin:?}");
+        assert_eq!(tokens, reference_tokens(&[i + 1, 2, 3, 4], &arms, p, 12), "request {i}");
+    }
+    assert!(h.stats.preemptions.load(Ordering::Relaxed) > 0, "the pool was too small for all at once");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(h.backend.state(0).held.is_empty() && h.backend.state(1).held.is_empty());
+}
+
+#[tokio::test]
+async fn a_request_too_big_for_the_kv_pool_fails_clearly() {
+    let h = start(FakeBackend::new(1, V, 8), config());
+    let rx = h.handle.submit(request(vec![1; 10], vec![], greedy(), 4)).unwrap();
+    let (_, _, fin) = collect(rx).await;
+    let err = fin.unwrap_err();
+    assert!(matches!(err, RouterError::WorkerFailed { .. }), "{err:?}");
+    assert!(err.to_string().contains("KV"), "{err}");
+    // The server keeps serving.
+    let rx = h.handle.submit(request(vec![1, 2], vec![], greedy(), 3)).unwrap();
+    assert!(collect(rx).await.2.is_ok());
+}
+
+#[tokio::test]
+async fn a_worker_that_lost_its_sequences_is_replayed() {
+    let h = start(FakeBackend::new(2, V, 10_000), config());
+    let arms = vec![ArmRequest { model: 1, alpha: 1.5, prompt: vec![8, 9] }];
+    let rx = h.handle.submit(request(vec![8, 9], arms.clone(), greedy(), 1000)).unwrap();
+    // Let a few tokens through, then make the ARM worker forget everything (a restart).
+    let mut rx = rx;
+    let mut tokens = Vec::new();
+    while tokens.len() < 3 {
+        if let Some(Event::Token { token, .. }) = rx.recv().await {
+            tokens.push(token);
+        }
+    }
+    h.backend.state(1).forget_next = true;
+    let (tokens, _, fin) = collect_after(rx, tokens).await;
+    assert!(fin.is_ok());
+    assert_eq!(tokens, reference_tokens(&[8, 9], &arms, greedy(), 1000));
+    assert!(h.stats.replays.load(Ordering::Relaxed) >= 1);
+}
+
+#[tokio::test]
+async fn a_failing_arm_fails_only_the_requests_that_use_it() {
+    let mut backend = FakeBackend::new(2, V, 10_000);
+    backend.delay = Duration::from_millis(5);
+    let h = start(backend, config());
+    let arms = vec![ArmRequest { model: 1, alpha: 1.0, prompt: vec![1, 2] }];
+    let guided = h.handle.submit(request(vec![1, 2], arms, greedy(), 1000)).unwrap();
+    let unguided = h.handle.submit(request(vec![1, 2], vec![], greedy(), 30)).unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    h.backend.state(1).fail_calls = 1;
+    let (_, _, fin) = collect(guided).await;
+    match fin {
+        Err(RouterError::WorkerFailed { worker, message }) => {
+            assert!(worker.contains("arm1"), "{worker}");
+            assert!(message.contains("connection refused"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let (tokens, _, fin) = collect(unguided).await;
+    assert!(fin.is_ok());
+    assert_eq!(tokens, reference_tokens(&[1, 2], &[], greedy(), 30));
+    assert!(!h.backend.models[1].ready.load(Ordering::SeqCst), "marked not ready");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(h.backend.state(0).held.is_empty(), "the failed request was released on the base");
+    // While the ARM is not ready, requests for it fail at once; others work.
+    let rx = h.handle.submit(request(
+        vec![1],
+        vec![ArmRequest { model: 1, alpha: 1.0, prompt: vec![1] }],
+        greedy(),
+        3,
+    ));
+    assert!(matches!(collect(rx.unwrap()).await.2, Err(RouterError::Unavailable { .. })));
+}
+
+#[tokio::test]
+async fn non_finite_logits_fail_the_request_naming_the_worker() {
+    let h = start(FakeBackend::new(2, V, 10_000), config());
+    h.backend.state(1).nan_next = true;
+    let arms = vec![ArmRequest { model: 1, alpha: 1.0, prompt: vec![1, 2] }];
+    let (_, _, fin) = collect(h.handle.submit(request(vec![1, 2], arms, greedy(), 5)).unwrap()).await;
+    let err = fin.unwrap_err();
+    assert!(err.to_string().contains("arm1") && err.to_string().contains("non-finite"), "{err}");
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_is_released_everywhere() {
+    let h = start(FakeBackend::new(2, V, 10_000), config());
+    let arms = vec![ArmRequest { model: 1, alpha: 1.0, prompt: vec![1, 2] }];
+    let mut rx = h.handle.submit(request(vec![1, 2], arms, greedy(), 100_000)).unwrap();
+    let mut n = 0;
+    while n < 2 {
+        if let Some(Event::Token { .. }) = rx.recv().await {
+            n += 1;
+        }
+    }
+    drop(rx);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(h.backend.state(0).held.is_empty());
+    assert!(h.backend.state(1).held.is_empty());
+    let steps = h.backend.state(0).steps.len();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(h.backend.state(0).steps.len(), steps, "no more steps for it");
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_overloaded_at_once() {
+    let backend = Arc::new(FakeBackend::new(1, V, 10_000));
+    let (_abort_tx, abort) = watch::channel(false);
+    let mut cfg = config();
+    cfg.max_waiting = 2;
+    // The actor is not running: nothing leaves the queue.
+    let (_sched, handle) = Scheduler::new(backend, cfg, abort);
+    let _a = handle.submit(request(vec![1], vec![], greedy(), 1)).unwrap();
+    let _b = handle.submit(request(vec![1], vec![], greedy(), 1)).unwrap();
+    assert_eq!(handle.waiting(), 2);
+    match handle.submit(request(vec![1], vec![], greedy(), 1)) {
+        Err(RouterError::Overloaded { waiting: 2 }) => {}
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test]
+async fn stop_strings_end_generation_without_the_stop_text() {
+    let h = start(FakeBackend::new(1, V, 10_000), config());
+    let want = reference_tokens(&[4, 4], &[], greedy(), 6);
+    let stop = format!("<{}>", want[2]);
+    let mut r = request(vec![4, 4], vec![], greedy(), 6);
+    r.text = FakeText::new(Some(&stop));
+    let (tokens, text, fin) = collect(h.handle.submit(r).unwrap()).await;
+    assert_eq!(fin.unwrap(), FinishReason::Stop);
+    let first = want.iter().position(|t| format!("<{t}>") == stop).unwrap();
+    assert_eq!(tokens, want[..=first]);
+    assert!(!text.contains(&stop));
+}
+
+#[tokio::test]
+async fn logprobs_are_reported_when_asked() {
+    let h = start(FakeBackend::new(1, V, 10_000), config());
+    let mut r = request(vec![4, 5], vec![], greedy(), 3);
+    r.top_logprobs = Some(3);
+    let mut rx = h.handle.submit(r).unwrap();
+    match rx.recv().await.unwrap() {
+        Event::Token { token, logprob, top, .. } => {
+            assert_eq!(top.len(), 3);
+            assert_eq!(top[0].0, token, "greedy picks the most likely");
+            assert!(logprob.unwrap() <= 0.0);
+            assert!(top[0].1 >= top[1].1 && top[1].1 >= top[2].1);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn abort_fails_everything_and_releases() {
+    let backend = Arc::new(FakeBackend::new(1, V, 10_000));
+    let (abort_tx, abort) = watch::channel(false);
+    let (sched, handle) = Scheduler::new(Arc::clone(&backend), config(), abort);
+    tokio::spawn(sched.run());
+    let mut rx = handle.submit(request(vec![1, 2], vec![], greedy(), 100_000)).unwrap();
+    rx.recv().await.unwrap();
+    abort_tx.send(true).unwrap();
+    let (_, _, fin) = collect(rx).await;
+    assert!(matches!(fin, Err(RouterError::Unavailable { .. })));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(backend.state(0).held.is_empty());
+}

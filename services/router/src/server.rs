@@ -1,0 +1,190 @@
+//! Wiring: metrics recorder, HTTP listener (bound first, announced with
+//! `GENARM_LISTENING http <addr>`, `/ready` false meanwhile), worker connection and cluster
+//! checks, the scheduler actor, and graceful shutdown on SIGTERM/SIGINT (stop admitting, give
+//! in-flight requests `--shutdown-grace-secs`, then cancel them and release their KV).
+
+use std::future::IntoFuture as _;
+use std::io::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use genarm_fusion::WireDtype;
+use metrics_exporter_prometheus::PrometheusBuilder;
+use tokio::sync::watch;
+
+use crate::args::{Args, LogitsDtypeArg};
+use crate::backend::WorkerHealth;
+use crate::http::{router, AppState, Core};
+use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::validate::ValidationConfig;
+use crate::workers::{Workers, WorkersConfig};
+
+/// The wire dtype for a flag value.
+pub fn wire_dtype(d: LogitsDtypeArg) -> WireDtype {
+    match d {
+        LogitsDtypeArg::F32 => WireDtype::F32,
+        LogitsDtypeArg::Bf16 => WireDtype::Bf16,
+        LogitsDtypeArg::F16 => WireDtype::F16,
+    }
+}
+
+/// Resolves once SIGTERM or SIGINT arrives.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for SIGINT: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT: shutting down"),
+        _ = term => tracing::info!("SIGTERM: shutting down"),
+    }
+}
+
+/// Waits until `rx` holds `true`.
+async fn until_true(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Runs the router until SIGTERM/SIGINT. Errors: bad flags, a port that cannot be bound, or
+/// workers that fail the startup checks (the message names the flag or the models).
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    if let Err(e) = args.validate() {
+        bail!("{e}");
+    }
+    let metrics =
+        PrometheusBuilder::new().install_recorder().context("cannot install the metrics recorder")?;
+    metrics::describe_counter!("genarm_requests_total", "HTTP requests by endpoint and status");
+    metrics::describe_counter!("genarm_generated_tokens_total", "Tokens generated");
+    metrics::describe_gauge!("genarm_batch_size", "Sequences in the running batch");
+
+    let state = Arc::new(AppState::new(Some(metrics), args.max_body_bytes));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
+    let addr = listener.local_addr().context("no local address")?;
+    {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "GENARM_LISTENING http {addr}").context("cannot write to stdout")?;
+        stdout.flush().context("cannot flush stdout")?;
+    }
+    tracing::info!(%addr, "listening (not ready until the workers are connected)");
+
+    let (signal_tx, signal_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = signal_tx.send(true);
+    });
+    let app = router(Arc::clone(&state));
+    let mut serve = tokio::spawn(
+        axum::serve(listener, app).with_graceful_shutdown(until_true(signal_rx.clone())).into_future(),
+    );
+
+    let wcfg = WorkersConfig {
+        base_url: args.base.clone(),
+        rms: args.rms.iter().map(|r| (r.name.clone(), r.url.clone())).collect(),
+        connect_timeout: Duration::from_secs(args.worker_connect_timeout_secs),
+        call_timeout: Duration::from_secs(args.worker_timeout_secs.max(1)),
+        reprobe: Duration::from_millis(args.worker_reprobe_ms.max(50)),
+        max_message_bytes: args.max_message_bytes,
+    };
+    let workers = tokio::select! {
+        w = Workers::connect(&wcfg) => w?,
+        _ = until_true(signal_rx.clone()) => {
+            tracing::info!("stopped before the workers were connected");
+            return Ok(());
+        }
+    };
+    let catalog = Arc::clone(workers.catalog());
+    let served_model = args.served_model_name.clone().unwrap_or_else(|| catalog.base().model_id.clone());
+    let default_guidance = match &args.default_guidance {
+        None => Vec::new(),
+        Some(g) => {
+            let mut v: Vec<(usize, f32)> = g
+                .weights
+                .iter()
+                .filter(|(_, w)| *w != 0.0)
+                .filter_map(|(n, w)| catalog.reward_index(n).map(|i| (i, *w / args.default_beta)))
+                .collect();
+            v.sort_by_key(|&(i, _)| i);
+            v
+        }
+    };
+    let (abort_tx, abort_rx) = watch::channel(false);
+    let (scheduler, handle) = Scheduler::new(
+        Arc::clone(&workers),
+        SchedulerConfig {
+            vocab: catalog.vocab,
+            eos: catalog.base().text.eos_token_ids().to_vec(),
+            max_context: catalog.max_context,
+            dtype: wire_dtype(args.logits_dtype),
+            max_batch_size: args.max_batch_size as usize,
+            max_batch_tokens: args.max_batch_tokens as usize,
+            max_waiting: args.max_waiting,
+        },
+        abort_rx,
+    );
+    let sched_task = tokio::spawn(scheduler.run());
+    let health: Arc<dyn WorkerHealth> = workers.clone();
+    let core = Core {
+        catalog: Arc::clone(&catalog),
+        health,
+        scheduler: handle,
+        validation: ValidationConfig {
+            served_model: served_model.clone(),
+            default_guidance,
+            max_stop_sequences: args.max_stop_sequences,
+        },
+    };
+    if state.core.set(core).is_err() {
+        bail!("the router was initialised twice");
+    }
+    tracing::info!(model = %served_model, reward_models = ?catalog.reward_names(), vocab = catalog.vocab,
+        context = catalog.max_context, "ready");
+
+    // Serve until a signal; then drain.
+    tokio::select! {
+        biased;
+        _ = until_true(signal_rx) => {}
+        r = &mut serve => {
+            // Only a failure ends the server without a signal.
+            r.context("the HTTP server task failed")?.context("the HTTP server failed")?;
+        }
+    }
+    state.shutting_down.store(true, Ordering::SeqCst);
+    let grace = Duration::from_secs(args.shutdown_grace_secs);
+    if !serve.is_finished() && tokio::time::timeout(grace, &mut serve).await.is_err() {
+        tracing::warn!(?grace, "requests still running after the grace period: cancelling them");
+        let _ = abort_tx.send(true);
+        if tokio::time::timeout(Duration::from_secs(5), &mut serve).await.is_err() {
+            tracing::warn!("connections still open: exiting anyway");
+        }
+    }
+    // Let the scheduler release what it holds, briefly.
+    let _ = abort_tx.send(true);
+    drop(state);
+    let _ = tokio::time::timeout(Duration::from_secs(2), sched_task).await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! In-process fakes for unit tests of the scheduling logic: `FakeBackend` (deterministic fake
+//! models with a KV budget, failure injection and call records, speaking the same
+//! [`StepBackend`] trait as the gRPC workers) and `FakeText` (one token → `<id>`). The
+//! end-to-end tests use real worker processes instead.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use genarm_fusion::{fuse, pack, ArmTerm, Sampler, SamplingParams, WireDtype};
+use genarm_text::ModelText;
+
+use crate::backend::{
+    Bytes, CallError, ModelIndex, SeqErrorKind, SeqOutcome, SeqStep, StepBackend, WorkerHealth,
+};
+use crate::scheduler::{Detokenizer, TextStep};
+use crate::workers::{Catalog, ModelEntry};
+
+/// The fake model `model`'s logits after `tokens` (depends on the whole history).
+pub fn fake_logits(model: usize, tokens: &[u32], vocab: usize) -> Vec<f32> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ (model as u64).wrapping_mul(0x1000_0000_01b3);
+    for &t in tokens {
+        h = (h ^ t as u64).wrapping_mul(0x1000_0000_01b3);
+    }
+    (0..vocab)
+        .map(|i| {
+            let mut x = h ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            x ^= x >> 29;
+            x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            x ^= x >> 32;
+            (x % 1000) as f32 / 150.0
+        })
+        .collect()
+}
+
+/// Mutable state of one fake worker.
+#[derive(Default)]
+pub struct FakeState {
+    /// Tokens held per sequence.
+    pub held: HashMap<u64, Vec<u32>>,
+    /// KV capacity in tokens (over all sequences).
+    pub kv_capacity: usize,
+    /// Sequence ids of each step call.
+    pub steps: Vec<Vec<u64>>,
+    /// Fail this many next step calls as a whole.
+    pub fail_calls: usize,
+    /// Send NaN logits on the next step.
+    pub nan_next: bool,
+    /// Forget every sequence before the next step (a restarted worker).
+    pub forget_next: bool,
+    /// Released ids.
+    pub released: Vec<u64>,
+}
+
+/// One fake worker.
+pub struct FakeModel {
+    /// Display name.
+    pub name: String,
+    /// Readiness.
+    pub ready: AtomicBool,
+    /// State.
+    pub state: Mutex<FakeState>,
+}
+
+/// A set of fake workers: model 0 is the base.
+pub struct FakeBackend {
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// The workers.
+    pub models: Vec<FakeModel>,
+    /// Delay of each step call.
+    pub delay: Duration,
+}
+
+impl FakeBackend {
+    /// `n` models with `vocab` logits and `kv_capacity` tokens each.
+    pub fn new(n: usize, vocab: usize, kv_capacity: usize) -> Self {
+        let models = (0..n)
+            .map(|i| FakeModel {
+                name: if i == 0 { "base-worker fake".into() } else { format!("rm-worker \"arm{i}\" fake") },
+                ready: AtomicBool::new(true),
+                state: Mutex::new(FakeState { kv_capacity, ..Default::default() }),
+            })
+            .collect();
+        FakeBackend { vocab, models, delay: Duration::from_millis(2) }
+    }
+
+    /// Locks model `m`'s state.
+    pub fn state(&self, m: usize) -> std::sync::MutexGuard<'_, FakeState> {
+        self.models[m].state.lock().unwrap()
+    }
+}
+
+impl WorkerHealth for FakeBackend {
+    fn num_models(&self) -> usize {
+        self.models.len()
+    }
+
+    fn display_name(&self, model: ModelIndex) -> String {
+        self.models[model].name.clone()
+    }
+
+    fn is_ready(&self, model: ModelIndex) -> bool {
+        self.models[model].ready.load(Ordering::SeqCst)
+    }
+}
+
+impl StepBackend for FakeBackend {
+    fn mark_failed(&self, model: ModelIndex, _reason: &str) {
+        self.models[model].ready.store(false, Ordering::SeqCst);
+    }
+
+    async fn step(
+        &self,
+        model: ModelIndex,
+        seqs: Vec<SeqStep>,
+        logits_len: u32,
+        dtype: WireDtype,
+    ) -> Result<Vec<SeqOutcome>, CallError> {
+        tokio::time::sleep(self.delay).await;
+        let mut st = self.state(model);
+        st.steps.push(seqs.iter().map(|s| s.seq_id).collect());
+        if st.fail_calls > 0 {
+            st.fail_calls -= 1;
+            return Err(CallError("connection refused".into()));
+        }
+        if std::mem::take(&mut st.forget_next) {
+            st.held.clear();
+        }
+        let nan = std::mem::take(&mut st.nan_next);
+        let mut out = Vec::with_capacity(seqs.len());
+        for s in seqs {
+            let held_len = st.held.get(&s.seq_id).map(Vec::len);
+            let err = |kind, message: &str| SeqOutcome::Error { kind, message: message.to_string() };
+            match held_len {
+                None if s.start_pos > 0 => {
+                    out.push(err(SeqErrorKind::UnknownSequence, "unknown sequence"));
+                    continue;
+                }
+                Some(n) if n != s.start_pos as usize => {
+                    out.push(err(SeqErrorKind::PositionMismatch, "position mismatch"));
+                    continue;
+                }
+                _ => {}
+            }
+            let used: usize = st.held.values().map(Vec::len).sum();
+            if used + s.tokens.len() > st.kv_capacity {
+                out.push(err(SeqErrorKind::KvExhausted, "kv exhausted"));
+                continue;
+            }
+            let held = st.held.entry(s.seq_id).or_default();
+            held.extend_from_slice(&s.tokens);
+            let mut logits = fake_logits(model, held, self.vocab);
+            logits.truncate(logits_len as usize);
+            if nan {
+                logits[3] = f32::NAN;
+            }
+            let mut bytes = Vec::new();
+            pack(&logits, dtype, &mut bytes);
+            out.push(SeqOutcome::Logits(Bytes::from(bytes)));
+        }
+        Ok(out)
+    }
+
+    async fn release(&self, model: ModelIndex, seq_ids: Vec<u64>) -> Result<(), CallError> {
+        let mut st = self.state(model);
+        for id in seq_ids {
+            st.held.remove(&id);
+            st.released.push(id);
+        }
+        Ok(())
+    }
+}
+
+/// Detokenizer of the fakes: token `id` → `<id>`; stops when the text contains `stop`.
+pub struct FakeText {
+    /// Stop string, if any.
+    pub stop: Option<String>,
+    text: String,
+    emitted: usize,
+}
+
+impl FakeText {
+    /// A detokenizer with an optional stop string.
+    pub fn new(stop: Option<&str>) -> Box<Self> {
+        Box::new(FakeText { stop: stop.map(str::to_string), text: String::new(), emitted: 0 })
+    }
+}
+
+impl Detokenizer for FakeText {
+    fn push(&mut self, token: u32) -> TextStep {
+        self.text.push_str(&format!("<{token}>"));
+        if let Some(stop) = &self.stop {
+            if let Some(at) = self.text.find(stop.as_str()) {
+                let text = self.text[self.emitted..at].to_string();
+                self.emitted = at;
+                return TextStep { text, stopped: true };
+            }
+        }
+        let text = self.text[self.emitted..].to_string();
+        self.emitted = self.text.len();
+        TextStep { text, stopped: false }
+    }
+
+    fn finish(&mut self) -> String {
+        String::new()
+    }
+}
+
+/// What generation must produce, computed directly: full-history logits each step, fused and
+/// sampled with a fresh sampler for `params` (no batching, no KV, no scheduler).
+pub fn reference(
+    vocab: usize,
+    base_prompt: &[u32],
+    arms: &[(usize, f32, Vec<u32>)],
+    params: SamplingParams,
+    max_tokens: usize,
+    eos: &[u32],
+) -> Vec<u32> {
+    let mut sampler = Sampler::new(params).unwrap();
+    let mut generated = Vec::new();
+    let mut fused = vec![0.0; vocab];
+    while generated.len() < max_tokens {
+        let hist = |p: &[u32]| [p, &generated[..]].concat();
+        let base = fake_logits(0, &hist(base_prompt), vocab);
+        let arm_logits: Vec<Vec<f32>> =
+            arms.iter().map(|(m, _, p)| fake_logits(*m, &hist(p), vocab)).collect();
+        let terms: Vec<ArmTerm<'_>> =
+            arms.iter().zip(&arm_logits).map(|((_, a, _), l)| ArmTerm { alpha: *a, logits: l }).collect();
+        fuse(&base, &terms, &mut fused).unwrap();
+        let t = sampler.sample(&fused).unwrap().token;
+        generated.push(t);
+        if eos.contains(&t) {
+            break;
+        }
+    }
+    generated
+}
+
+/// A model entry over a fixture's tokenizer and chat template.
+pub fn fixture_entry(index: usize, reward: Option<&str>, fixture: &str, max_pos: u32) -> ModelEntry {
+    let dir = genarm_testkit::fixture_dir(fixture);
+    let json = std::fs::read_to_string(dir.join("tokenizer.json")).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap()).unwrap();
+    let template = cfg["chat_template"].as_str().map(str::to_string);
+    let text = ModelText::new(fixture, &json, template, Some(0), vec![0], false).unwrap();
+    ModelEntry {
+        index,
+        reward_name: reward.map(str::to_string),
+        model_id: fixture.into(),
+        url: format!("http://127.0.0.1:{}", 1 + index),
+        vocab_size: text.vocab_size() as u32,
+        max_positions: max_pos,
+        text: Arc::new(text),
+    }
+}
+
+/// Base `llama-mha` (context `base_ctx`), reward models `harmless` (llama-gqa-tied) and
+/// `helpful` (qwen2-bias); all three share one tokenizer.
+pub fn fixture_catalog(base_ctx: u32) -> Catalog {
+    Catalog::new(vec![
+        fixture_entry(0, None, "llama-mha", base_ctx),
+        fixture_entry(1, Some("harmless"), "llama-gqa-tied", 512),
+        fixture_entry(2, Some("helpful"), "qwen2-bias", 512),
+    ])
+    .unwrap()
+}
