@@ -1,4 +1,4 @@
-//! Step throughput of the engine in tokens/s: prefill and decode, batch 1/8/32, TP 1 vs 2, on a
+//! Step throughput of the engine in tokens/s: prefill and decode, batch 1/8/32, TP 1 vs 2 (3), on a
 //! ~30M-parameter fixture and (when fetched) SmolLM2-135M; plus the machine's copy bandwidth,
 //! which bounds batch-1 decode from below (every weight byte is read once per step).
 
@@ -73,7 +73,12 @@ fn bench_steps(c: &mut Criterion) {
     for subject in subjects() {
         let vocab = subject.assets.config.vocab_size;
         let weight_bytes = subject.assets.config.num_parameters() * 4;
-        for tp in [1usize, 2] {
+        // TP 2, or the smallest degree the model's heads allow (SmolLM2 has 9 heads: TP 3).
+        let cfg = &subject.assets.config;
+        let tp2 = (2..=cfg.num_key_value_heads)
+            .find(|n| genarm_model::model::check_tp(cfg, *n).is_ok())
+            .unwrap_or(1);
+        for tp in [1usize, tp2] {
             let engine = Engine::load(
                 &subject.assets,
                 EngineOptions { tp, kv_capacity_tokens: 32 * (DECODE_CONTEXT + 80), ..Default::default() },

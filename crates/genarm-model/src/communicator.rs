@@ -173,7 +173,6 @@ mod nccl {
     /// One rank of an NCCL group.
     pub struct NcclCommunicator {
         comm: Comm,
-        device: Device,
     }
 
     // SAFETY-free justification: `Comm` is used from the one rank thread that owns it; the
@@ -194,7 +193,7 @@ mod nccl {
             };
             let comm = Comm::from_rank(cuda.cuda_stream(), rank, world, id)
                 .map_err(|e| ModelError::Rank { rank, reason: format!("ncclCommInitRank: {e:?}") })?;
-            Ok(Self { comm, device: device.clone() })
+            Ok(Self { comm })
         }
 
         fn err(&self, what: &str, e: impl std::fmt::Debug) -> ModelError {
@@ -212,7 +211,13 @@ mod nccl {
                 &mut cudarc::driver::CudaSlice<f32>,
             ) -> std::result::Result<(), cudarc::nccl::result::NcclError>,
         ) -> Result<Tensor> {
-            let Device::Cuda(cuda) = &self.device else { unreachable!("checked in join") };
+            // The result goes on the caller's device handle: the rank's model tensors live on a
+            // different candle `Device` of the same GPU than the one the group was joined on, and
+            // candle refuses to combine tensors of different handles.
+            let Device::Cuda(cuda) = t.device() else {
+                return Err(self.err(what, "tensor is not on a CUDA device"));
+            };
+            let cuda = cuda.clone();
             let t = t.to_dtype(DType::F32)?.contiguous()?;
             let (storage, layout) = t.storage_and_layout();
             let Storage::Cuda(src) = &*storage else {

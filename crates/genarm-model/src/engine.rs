@@ -174,6 +174,8 @@ impl Engine {
             let results = results.into_iter().map(|r| r.expect("every sequence failed")).collect();
             return Ok(StepOutput { results, forward_time: Default::default() });
         }
+        // Decodes first: the model attends to all of them in one padded batch.
+        admitted.sort_by_key(|(i, _)| seqs[*i].tokens.len() != 1);
         let mut batch =
             Batch { tokens: Vec::new(), positions: Vec::new(), seqs: Vec::new(), all_logits: false };
         for (i, _) in &admitted {

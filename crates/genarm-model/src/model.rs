@@ -43,6 +43,35 @@ impl Batch {
     }
 }
 
+/// Decode sequences attended together: the first `count` sequences of the batch, one new
+/// token each, their contexts gathered from the pool and padded to `width`.
+struct DecodeGroup {
+    count: usize,
+    width: usize,
+    /// Pool slots `[count * width]`, padding included.
+    gather: Tensor,
+    /// Additive mask `[count, 1, 1, width]`: 0 for real tokens, −∞ for padding.
+    mask: Tensor,
+}
+
+/// One sequence attended on its own (prefill, or any sequence without a cache).
+struct SeqAttention {
+    offset: usize,
+    len: usize,
+    /// Pool slots of its whole context, or `None` without a cache.
+    gather: Option<Tensor>,
+    /// Causal mask `[len, past + len]`, `None` for a single token.
+    mask: Option<Tensor>,
+}
+
+/// Index and mask tensors built once per forward and shared by every layer.
+struct AttentionPlan {
+    /// Where the new K/V rows go in the pool, expanded to `[tokens, kv_heads, head_dim]`.
+    write: Option<Tensor>,
+    decode: Option<DecodeGroup>,
+    rest: Vec<SeqAttention>,
+}
+
 /// This rank's K and V storage for every layer: `[slots, kv_heads_local, head_dim]` each.
 pub struct KvStorage {
     layers: Vec<(Tensor, Tensor)>,
@@ -197,23 +226,11 @@ impl ShardModel {
         let ids = Tensor::from_slice(&batch.tokens, n, dev)?;
         let mut x = self.embed.index_select(&ids, 0)?;
         let (cos, sin) = self.rope.cos_sin(&batch.positions, self.dtype, dev)?;
-        let write = self.write_index(batch, kv.is_some())?;
-        let gathers = self.gather_indices(batch)?;
-        let masks = self.masks(batch)?;
+        let plan = self.attention_plan(batch, kv.is_some())?;
         for (i, layer) in self.layers.iter().enumerate() {
             let kv_layer = kv.map(|k| &k.layers[i]);
             let h = layer.input_norm.forward(&x)?;
-            let a = self.attention(
-                &layer.attn,
-                &h,
-                &cos,
-                &sin,
-                batch,
-                kv_layer,
-                write.as_ref(),
-                &gathers,
-                &masks,
-            )?;
+            let a = self.attention(&layer.attn, &h, &cos, &sin, kv_layer, &plan)?;
             x = (x + a)?;
             let h = layer.post_norm.forward(&x)?;
             x = (x + self.mlp(&layer.mlp, &h)?)?;
@@ -231,62 +248,74 @@ impl ShardModel {
         Ok(logits)
     }
 
-    /// Index tensor for scattering the new K/V rows into the pool, expanded to the row shape.
-    fn write_index(&self, batch: &Batch, cached: bool) -> Result<Option<Tensor>> {
-        if !cached {
-            return Ok(None);
-        }
-        let slots = batch.write_slots();
+    /// The index and mask tensors of one forward, shared by every layer.
+    fn attention_plan(&self, batch: &Batch, cached: bool) -> Result<AttentionPlan> {
+        let dev = &self.device;
         let (kvh, hd) = (self.layers[0].attn.kv_heads, self.layers[0].attn.head_dim);
-        let idx = Tensor::from_vec(slots, (batch.tokens.len(), 1, 1), &self.device)?;
-        Ok(Some(idx.broadcast_as((batch.tokens.len(), kvh, hd))?.contiguous()?))
-    }
-
-    /// Per sequence, the pool slots to read its whole context from (`None` without cache).
-    fn gather_indices(&self, batch: &Batch) -> Result<Vec<Option<Tensor>>> {
-        batch
-            .seqs
-            .iter()
-            .map(|s| match &s.slots {
-                Some(sl) => Ok(Some(Tensor::from_slice(sl, sl.len(), &self.device)?)),
-                None => Ok(None),
+        let write = if cached {
+            let n = batch.tokens.len();
+            let idx = Tensor::from_vec(batch.write_slots(), (n, 1, 1), dev)?;
+            Some(idx.broadcast_as((n, kvh, hd))?.contiguous()?)
+        } else {
+            None
+        };
+        // Leading single-token sequences with a cache attend together, padded to the longest
+        // context; the engine puts decodes first in the batch for this.
+        let n_decode = if cached { batch.seqs.iter().take_while(|s| s.len == 1).count() } else { 0 };
+        let decode = if n_decode > 0 {
+            let seqs = &batch.seqs[..n_decode];
+            let width = seqs.iter().map(|s| s.past + 1).max().unwrap_or(1);
+            let mut slots = Vec::with_capacity(n_decode * width);
+            let mut mask = Vec::with_capacity(n_decode * width);
+            for s in seqs {
+                let own = s.slots.as_ref().expect("cached sequences have slots");
+                slots.extend_from_slice(own);
+                // Padding reads slot 0 (always finite) and is masked out.
+                slots.extend(std::iter::repeat_n(0, width - own.len()));
+                mask.extend(std::iter::repeat_n(0f32, own.len()));
+                mask.extend(std::iter::repeat_n(f32::NEG_INFINITY, width - own.len()));
+            }
+            Some(DecodeGroup {
+                count: n_decode,
+                width,
+                gather: Tensor::from_vec(slots, n_decode * width, dev)?,
+                mask: Tensor::from_vec(mask, (n_decode, 1, 1, width), dev)?,
             })
-            .collect()
-    }
-
-    /// Per sequence, the additive causal mask `[len, past + len]` (`None` for a single token,
-    /// which may see its whole context).
-    fn masks(&self, batch: &Batch) -> Result<Vec<Option<Tensor>>> {
-        batch
-            .seqs
+        } else {
+            None
+        };
+        let rest = batch.seqs[n_decode..]
             .iter()
             .map(|s| {
-                if s.len == 1 {
-                    return Ok(None);
-                }
-                let total = s.past + s.len;
-                let mask: Vec<f32> = (0..s.len)
-                    .flat_map(|i| {
-                        (0..total).map(move |j| if j > s.past + i { f32::NEG_INFINITY } else { 0.0 })
-                    })
-                    .collect();
-                Ok(Some(Tensor::from_vec(mask, (s.len, total), &self.device)?))
+                let gather = match &s.slots {
+                    Some(sl) => Some(Tensor::from_slice(sl, sl.len(), dev)?),
+                    None => None,
+                };
+                let mask = if s.len == 1 {
+                    None
+                } else {
+                    let total = s.past + s.len;
+                    let m: Vec<f32> = (0..s.len)
+                        .flat_map(|i| {
+                            (0..total).map(move |j| if j > s.past + i { f32::NEG_INFINITY } else { 0.0 })
+                        })
+                        .collect();
+                    Some(Tensor::from_vec(m, (s.len, total), dev)?)
+                };
+                Ok(SeqAttention { offset: s.offset, len: s.len, gather, mask })
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok(AttentionPlan { write, decode, rest })
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         a: &Attention,
         h: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        batch: &Batch,
         kv: Option<&(Tensor, Tensor)>,
-        write: Option<&Tensor>,
-        gathers: &[Option<Tensor>],
-        masks: &[Option<Tensor>],
+        plan: &AttentionPlan,
     ) -> Result<Tensor> {
         let n = h.dim(0)?;
         let (nh, nkv, hd) = (a.heads, a.kv_heads, a.head_dim);
@@ -295,15 +324,32 @@ impl ShardModel {
         let v = a.v.forward(h)?.reshape((n, nkv, hd))?;
         let q = candle_nn::rotary_emb::rope_thd(&q, cos, sin)?.squeeze(0)?;
         let k = candle_nn::rotary_emb::rope_thd(&k, cos, sin)?.squeeze(0)?;
-        if let (Some((kc, vc)), Some(idx)) = (kv, write) {
+        if let (Some((kc, vc)), Some(idx)) = (kv, plan.write.as_ref()) {
             kc.scatter_set(idx, &k, 0)?;
             vc.scatter_set(idx, &v, 0)?;
         }
         let group = nh / nkv;
         let scale = 1.0 / (hd as f64).sqrt();
-        let mut outs = Vec::with_capacity(batch.seqs.len());
-        for (s, (gather, mask)) in batch.seqs.iter().zip(gathers.iter().zip(masks)) {
-            let (ks, vs) = match (kv, gather) {
+        let mut outs = Vec::with_capacity(plan.rest.len() + 1);
+        if let (Some(d), Some((kc, vc))) = (&plan.decode, kv) {
+            // q: [b, nh, hd] -> [b, nkv, group, hd]; K/V: [b, width, nkv, hd] -> [b, nkv, width, hd].
+            let qd = q.narrow(0, 0, d.count)?.reshape((d.count, nkv, group, hd))?;
+            let kd = kc
+                .index_select(&d.gather, 0)?
+                .reshape((d.count, d.width, nkv, hd))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let vd = vc
+                .index_select(&d.gather, 0)?
+                .reshape((d.count, d.width, nkv, hd))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let att = (qd.matmul(&kd.t()?)? * scale)?.to_dtype(DType::F32)?.broadcast_add(&d.mask)?;
+            let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(self.dtype)?;
+            outs.push(att.matmul(&vd)?.reshape((d.count, nh * hd))?);
+        }
+        for s in &plan.rest {
+            let (ks, vs) = match (kv, &s.gather) {
                 (Some((kc, vc)), Some(g)) => (kc.index_select(g, 0)?, vc.index_select(g, 0)?),
                 _ => (k.narrow(0, s.offset, s.len)?, v.narrow(0, s.offset, s.len)?),
             };
@@ -318,7 +364,7 @@ impl ShardModel {
             let ks = ks.transpose(0, 1)?.contiguous()?; // [nkv, total, hd]
             let vs = vs.transpose(0, 1)?.contiguous()?;
             let mut att = (qs.matmul(&ks.t()?)? * scale)?.to_dtype(DType::F32)?;
-            if let Some(m) = mask {
+            if let Some(m) = &s.mask {
                 att = att.reshape((nkv, group, s.len, total))?.broadcast_add(m)?.reshape((
                     nkv,
                     group * s.len,
@@ -327,10 +373,9 @@ impl ShardModel {
             }
             let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(self.dtype)?;
             let o = att.matmul(&vs)?; // [nkv, group * len, hd]
-            let o = o.reshape((nh, s.len, hd))?.transpose(0, 1)?.reshape((s.len, nh * hd))?;
-            outs.push(o);
+            outs.push(o.reshape((nh, s.len, hd))?.transpose(0, 1)?.reshape((s.len, nh * hd))?);
         }
-        let o = Tensor::cat(&outs, 0)?;
+        let o = if outs.len() == 1 { outs.pop().expect("one output") } else { Tensor::cat(&outs, 0)? };
         let o = self.comm.all_reduce_sum(&a.o.matmul(&o)?)?;
         a.o.add_bias(o)
     }
