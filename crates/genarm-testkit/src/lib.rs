@@ -8,6 +8,7 @@
 //! model.
 #![warn(missing_docs)]
 
+pub mod cluster;
 mod hf_json;
 mod rng;
 pub mod smollm2;
