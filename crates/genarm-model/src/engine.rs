@@ -328,8 +328,13 @@ fn rank_device(spec: DeviceSpec, rank: usize) -> Result<Device> {
         DeviceSpec::Cuda(first) => Device::new_cuda(first + rank).map_err(|e| ModelError::Rank {
             rank,
             reason: format!(
-                "cannot open CUDA device {}: {e} (build with --features cuda on a GPU machine)",
-                first + rank
+                "cannot open CUDA device {}: {e} ({})",
+                first + rank,
+                if cfg!(feature = "cuda") {
+                    "is that GPU visible to this process and the NVIDIA driver loaded?"
+                } else {
+                    "this build has no CUDA: build with --features cuda"
+                }
             ),
         }),
     }

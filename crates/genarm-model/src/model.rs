@@ -242,7 +242,7 @@ impl ShardModel {
             x.index_select(&Tensor::from_vec(last, batch.seqs.len(), dev)?, 0)?
         };
         let x = self.norm.forward(&x)?;
-        let local = x.matmul(&self.lm_head.t()?)?;
+        let local = crate::layers::matmul_weight_t(&x, &self.lm_head)?;
         let logits = self.comm.all_gather(&local, 1)?;
         let logits = logits.narrow(1, 0, self.cfg.vocab_size)?.to_dtype(DType::F32)?;
         Ok(logits)
