@@ -347,7 +347,7 @@ fn nccl_group(first: usize, world: usize) -> Result<Vec<Box<dyn Communicator>>> 
     let id = NcclCommunicator::new_id()?;
     let joins: Vec<_> = (0..world)
         .map(|rank| {
-            let id = id.clone();
+            // `Id` is `Copy`: each thread moves in its own copy.
             std::thread::spawn(move || -> Result<NcclCommunicator> {
                 let device = rank_device(DeviceSpec::Cuda(first), rank)?;
                 NcclCommunicator::join(&device, rank, world, id)
