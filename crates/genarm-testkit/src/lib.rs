@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod cluster;
+pub mod etcd;
 mod hf_json;
 mod rng;
 pub mod smollm2;

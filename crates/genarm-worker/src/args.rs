@@ -56,6 +56,16 @@ pub struct WorkerArgs {
     #[arg(long, env = "GENARM_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES,
           value_name = "BYTES")]
     pub max_message_bytes: usize,
+
+    /// Address to serve Prometheus metrics on (HTTP `GET /metrics`), as host:port (port 0 picks
+    /// a free port; the bound address is printed on stdout as `GENARM_LISTENING metrics
+    /// <ip:port>`, after the gRPC line). No metrics server without it.
+    #[arg(long, env = "GENARM_METRICS_LISTEN", value_name = "HOST:PORT")]
+    pub metrics_listen: Option<String>,
+
+    /// etcd registration (`--etcd`, `--cluster`, `--advertise`, `--lease-ttl-secs`).
+    #[command(flatten)]
+    pub discovery: crate::discovery::DiscoveryArgs,
 }
 
 /// The `--dtype` values.
@@ -136,6 +146,7 @@ mod tests {
         assert_eq!(a.kv_capacity_tokens, 4096);
         assert_eq!(a.kv_block_size, 16);
         assert_eq!(a.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
+        assert_eq!(a.metrics_listen, None);
         let cli = Cli::try_parse_from([
             "w", "--model", "m", "--listen", "[::1]:9", "--tp", "2", "--device", "cuda:1", "--dtype", "bf16",
         ])

@@ -22,8 +22,12 @@ pub struct WorkerConfig {
     pub dtype: DtypeArg,
     /// gRPC message size limit, both directions.
     pub max_message_bytes: usize,
+    /// Where to serve Prometheus metrics (`--metrics-listen`), if anywhere.
+    pub metrics_listen: Option<String>,
     /// Base or a named reward model.
     pub role: WorkerRole,
+    /// etcd registration settings.
+    pub discovery: crate::discovery::DiscoveryArgs,
 }
 
 impl WorkerConfig {
@@ -65,7 +69,9 @@ impl WorkerConfig {
             },
             dtype: args.dtype,
             max_message_bytes: args.max_message_bytes,
+            metrics_listen: args.metrics_listen,
             role,
+            discovery: args.discovery,
         })
     }
 

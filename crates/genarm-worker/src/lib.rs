@@ -12,9 +12,11 @@
 
 pub mod args;
 pub mod config;
+pub mod discovery;
 pub mod error;
 pub mod info;
 pub mod load;
+pub mod metrics;
 pub mod process;
 pub mod role;
 pub mod serve;

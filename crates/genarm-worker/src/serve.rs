@@ -78,7 +78,23 @@ pub async fn serve(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
-    let service = WorkerService::new(build_info(&assets, &config), config.role.clone());
+    let info = build_info(&assets, &config);
+    // The address registered in etcd (checked before loading: a wildcard needs --advertise).
+    let advertise = match &config.discovery.etcd {
+        Some(_) => {
+            let bound = listener
+                .local_addr()
+                .map_err(|source| WorkerError::Bind { addr: config.listen.clone(), source })?;
+            Some(crate::discovery::advertised_url(&config.discovery, bound)?)
+        }
+        None => None,
+    };
+    let discovery = config.discovery.clone();
+    let mut registration = None;
+    let service = WorkerService::new(info.clone(), config.role.clone());
+    if let Some(listen) = &config.metrics_listen {
+        crate::metrics::serve_metrics(listen, service.clone(), &config.role).await?;
+    }
     let max = config.max_message_bytes;
     if let Some(needed) = assets.config.vocab_size.checked_mul(4).filter(|&n| n + 1024 > max) {
         tracing::warn!(
@@ -126,6 +142,13 @@ pub async fn serve(
                         }
                         set_health(&reporter, ServingStatus::Serving).await;
                         tracing::info!("model loaded and warmed; health SERVING");
+                        // Only a SERVING worker is registered in etcd.
+                        if let Some(address) = &advertise {
+                            match crate::discovery::register_worker(&discovery, &info, address).await {
+                                Ok(r) => registration = r,
+                                Err(e) => break Err(e),
+                            }
+                        }
                     }
                     Ok(Err(e)) => break Err(e),
                     Err(_) => break Err(WorkerError::Internal("the model loading thread panicked".into())),
@@ -134,6 +157,10 @@ pub async fn serve(
             () = &mut shutdown => break Ok(()),
         }
     };
+    // Deregister first, so that the router stops sending work before the server stops.
+    if let Some(r) = registration.take() {
+        r.deregister().await;
+    }
     set_health(&reporter, ServingStatus::NotServing).await;
     let _ = stop_tx.send(());
     match tokio::time::timeout(DRAIN_TIMEOUT, server).await {

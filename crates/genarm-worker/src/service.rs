@@ -82,6 +82,8 @@ impl WorkerService {
         let engine = self.engine()?;
         let vocab = engine.config().vocab_size;
         let prepared = prepare_step(req, &self.shared.role, vocab)?;
+        let n_seqs = prepared.seqs.len();
+        let n_tokens: usize = prepared.seqs.iter().map(|s| s.tokens.len()).sum();
         let shared = self.shared.clone();
         let resp = tokio::task::spawn_blocking(move || {
             let engine = shared.engine.get().expect("checked before spawning");
@@ -90,6 +92,7 @@ impl WorkerService {
         .await
         .map_err(|e| Status::internal(format!("the step task failed: {e}")))??;
         tracing::debug!(forward_micros = resp.forward_micros, "step served");
+        crate::metrics::record_step(std::time::Duration::from_micros(resp.forward_micros), n_seqs, n_tokens);
         Ok(resp)
     }
 

@@ -19,15 +19,31 @@ pub struct Args {
     #[arg(long, env = "GENARM_LISTEN", value_name = "HOST:PORT", default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
 
-    /// gRPC URL of the base-worker, e.g. `http://127.0.0.1:50051`.
-    #[arg(long, env = "GENARM_BASE", value_name = "URL")]
-    pub base: String,
+    /// gRPC URL of the base-worker, e.g. `http://127.0.0.1:50051`. Required unless --etcd is
+    /// given (then base-workers are found in etcd; a --base URL is used as well, as a member that
+    /// never expires).
+    #[arg(long, env = "GENARM_BASE", value_name = "URL", required_unless_present = "etcd")]
+    pub base: Option<String>,
 
-    /// A reward-model worker as NAME=URL, e.g. `helpful=http://127.0.0.1:50052`. Repeat the flag
-    /// for several reward models (the env variable takes a comma-separated list). NAME must match
-    /// the worker's own `--name`; requests refer to it in `guidance.rewards`.
-    #[arg(long = "rm", env = "GENARM_RM", value_name = "NAME=URL", value_delimiter = ',', value_parser = parse_rm)]
+    /// A reward model as NAME=URL, e.g. `helpful=http://127.0.0.1:50052`. Repeat the flag for
+    /// several reward models (the env variable takes a comma-separated list). NAME must match the
+    /// worker's own `--name`; requests refer to it in `guidance.rewards`. With --etcd, NAME alone
+    /// declares a reward model whose workers are found in etcd: the router serves exactly the
+    /// reward names given here, is ready when the base and each of them has a ready worker, and
+    /// ignores (with a log line) workers registered under other reward names.
+    #[arg(long = "rm", env = "GENARM_RM", value_name = "NAME[=URL]", value_delimiter = ',', value_parser = parse_rm)]
     pub rms: Vec<RewardWorker>,
+
+    /// etcd endpoints, comma-separated (e.g. http://127.0.0.1:2379): discover workers registered
+    /// under /genarm/<--cluster>/workers/, adding them as they register (after checking their
+    /// protocol version and vocabulary against the base) and removing them when their key
+    /// disappears (deregistered, or lease expired). Without it, only --base/--rm URLs are used.
+    #[arg(long, env = "GENARM_ETCD", value_name = "URLS")]
+    pub etcd: Option<String>,
+
+    /// Cluster name whose workers to discover in etcd (the workers' --cluster).
+    #[arg(long, env = "GENARM_CLUSTER", value_name = "NAME", default_value = "default")]
+    pub cluster: String,
 
     /// The model name clients put in `"model"`. Default: the base worker's model id (its
     /// directory's or GGUF file's name).
@@ -74,6 +90,8 @@ pub struct Args {
 
     /// How long to wait at startup for every worker to answer `Info` (workers may still be
     /// loading their models); the router retries until then and exits with an error after.
+    /// Applies to --base/--rm URLs; with --etcd the router waits for registrations indefinitely
+    /// (not ready meanwhile).
     #[arg(long, env = "GENARM_WORKER_CONNECT_TIMEOUT_SECS", value_name = "SECS", default_value_t = 600)]
     pub worker_connect_timeout_secs: u64,
 
@@ -96,13 +114,13 @@ pub struct Args {
     pub shutdown_grace_secs: u64,
 }
 
-/// One `--rm NAME=URL`.
+/// One `--rm NAME=URL` (or `--rm NAME` with --etcd).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RewardWorker {
     /// The reward name requests use.
     pub name: String,
-    /// The worker's gRPC URL.
-    pub url: String,
+    /// The worker's gRPC URL (`None`: found through etcd).
+    pub url: Option<String>,
 }
 
 /// `--default-guidance`: reward weights applied when a request has no `guidance`.
@@ -129,20 +147,21 @@ pub fn valid_reward_name(name: &str) -> bool {
 }
 
 fn parse_rm(s: &str) -> Result<RewardWorker, String> {
-    let (name, url) = s
-        .split_once('=')
-        .ok_or_else(|| format!("`{s}` is not NAME=URL (example: helpful=http://127.0.0.1:50052)"))?;
-    let name = name.trim();
-    let url = url.trim();
+    let (name, url) = match s.split_once('=') {
+        Some((n, u)) => (n.trim(), Some(u.trim())),
+        None => (s.trim(), None),
+    };
     if !valid_reward_name(name) {
         return Err(format!(
             "reward name `{name}` must be non-empty and use only letters, digits, `_`, `-`, `.`"
         ));
     }
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(format!("worker URL `{url}` for `{name}` must start with http:// or https://"));
+    if let Some(url) = url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!("worker URL `{url}` for `{name}` must start with http:// or https://"));
+        }
     }
-    Ok(RewardWorker { name: name.to_string(), url: url.to_string() })
+    Ok(RewardWorker { name: name.to_string(), url: url.map(str::to_string) })
 }
 
 fn parse_guidance(s: &str) -> Result<DefaultGuidance, String> {
@@ -190,8 +209,22 @@ impl Args {
         if self.max_waiting == 0 {
             return Err("--max-waiting must be at least 1".into());
         }
-        if !self.base.starts_with("http://") && !self.base.starts_with("https://") {
-            return Err(format!("--base `{}` must be a URL starting with http:// or https://", self.base));
+        if let Some(base) = &self.base {
+            if !base.starts_with("http://") && !base.starts_with("https://") {
+                return Err(format!("--base `{base}` must be a URL starting with http:// or https://"));
+            }
+        }
+        if self.etcd.is_none() {
+            if self.base.is_none() {
+                return Err("--base URL is required (or --etcd URLS to discover the workers)".into());
+            }
+            if let Some(r) = self.rms.iter().find(|r| r.url.is_none()) {
+                return Err(format!(
+                    "--rm {} has no URL: give NAME=URL (example: {}=http://127.0.0.1:50052), or --etcd \
+                     URLS to discover its workers",
+                    r.name, r.name
+                ));
+            }
         }
         Ok(())
     }
@@ -247,14 +280,19 @@ mod tests {
             "2",
         ])
         .unwrap();
-        assert_eq!(a.rms[1], RewardWorker { name: "harmless".into(), url: "http://h:3".into() });
+        assert_eq!(a.rms[1], RewardWorker { name: "harmless".into(), url: Some("http://h:3".into()) });
         assert_eq!(a.default_guidance.as_ref().unwrap().weights[1], ("harmless".into(), 0.5));
         a.validate().unwrap();
     }
 
     #[test]
     fn bad_flags_are_refused_with_reasons() {
-        assert!(parse(&["--base", "http://h:1", "--rm", "nourl"]).is_err());
+        let a = parse(&["--base", "http://h:1", "--rm", "nourl"]).unwrap();
+        assert!(a.validate().unwrap_err().contains("--etcd"));
+        assert!(parse(&["--rm", "a"]).is_err(), "--base or --etcd is required");
+        let a = parse(&["--etcd", "http://e:2379", "--rm", "a", "--cluster", "c"]).unwrap();
+        a.validate().unwrap();
+        assert_eq!(a.rms[0].url, None);
         assert!(parse(&["--base", "http://h:1", "--rm", "a=ftp://x"]).is_err());
         assert!(parse(&["--base", "http://h:1", "--default-guidance", "a=x"]).is_err());
         let a = parse(&["--base", "http://h:1", "--rm", "a=http://h:2", "--rm", "a=http://h:3"]).unwrap();

@@ -234,6 +234,7 @@ async fn generate(
     id: String,
     prepare: impl FnOnce(String, &Core) -> Result<Prepared, RouterError>,
 ) -> Response {
+    let received = std::time::Instant::now();
     let core = match st.core() {
         Ok(c) => c,
         Err(e) => return e.into_response(),
@@ -256,7 +257,7 @@ async fn generate(
     let want_logprobs = gen.top_logprobs.is_some();
     tracing::debug!(request_id = %id, prompt_tokens = gen.base_prompt.len(), arms = gen.arms.len(),
         max_tokens = gen.max_tokens, stream, "request admitted");
-    let mut rx = match core.scheduler.submit(gen) {
+    let mut rx = match core.scheduler.submit_received(gen, received) {
         Ok(rx) => rx,
         Err(e) => return e.into_response(),
     };

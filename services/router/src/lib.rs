@@ -7,8 +7,8 @@
 //! (DESIGN §4 checks → a scheduler request), [`backend`] (the worker interface the scheduler
 //! uses), [`workers`] (gRPC clients, startup checks, health), [`text`] (per-request
 //! detokenization and stop strings), [`scheduler`] (the actor: queue, batch, preemption),
-//! [`step_loop`] (one step: workers, fusion, sampling), [`http`] (axum routes, SSE), and
-//! [`server`] (wiring it all together).
+//! [`step_loop`] (one step: workers, fusion, sampling), [`http`] (axum routes, SSE),
+//! [`telemetry`] (Prometheus metrics) and [`server`] (wiring it all together).
 #![warn(missing_docs)]
 
 pub mod args;
@@ -19,6 +19,7 @@ pub mod openai;
 pub mod scheduler;
 pub mod server;
 pub mod step_loop;
+pub mod telemetry;
 pub mod text;
 pub mod validate;
 pub mod workers;

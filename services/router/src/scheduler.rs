@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use genarm_fusion::{Sampler, SamplingParams, WireDtype};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -16,6 +17,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use crate::backend::{Bytes, ModelIndex, StepBackend};
 use crate::error::RouterError;
 use crate::openai::Usage;
+use crate::telemetry::SchedMetrics;
 
 /// Turns generated ids into text for one request (incremental detokenization plus stop
 /// strings). The real implementation is [`crate::text::RequestText`].
@@ -137,6 +139,7 @@ pub(crate) struct Submitted {
     req: GenRequest,
     events: mpsc::UnboundedSender<Event>,
     permit: OwnedSemaphorePermit,
+    received: Instant,
 }
 
 /// The handlers' side of the scheduler: submit requests, get their events.
@@ -152,12 +155,22 @@ impl SchedulerHandle {
     /// the request (noticed within one step). Answers [`RouterError::Overloaded`] at once when
     /// the waiting queue is full.
     pub fn submit(&self, req: GenRequest) -> Result<mpsc::UnboundedReceiver<Event>, RouterError> {
+        self.submit_received(req, Instant::now())
+    }
+
+    /// [`Self::submit`] for a request that arrived at `received` (the start of its latency
+    /// metrics).
+    pub fn submit_received(
+        &self,
+        req: GenRequest,
+        received: Instant,
+    ) -> Result<mpsc::UnboundedReceiver<Event>, RouterError> {
         let permit = Arc::clone(&self.permits)
             .try_acquire_owned()
             .map_err(|_| RouterError::Overloaded { waiting: self.max_waiting })?;
         let (events, rx) = mpsc::unbounded_channel();
         self.tx
-            .send(Submitted { req, events, permit })
+            .send(Submitted { req, events, permit, received })
             .map_err(|_| RouterError::Unavailable { message: "the router is shutting down".into() })?;
         Ok(rx)
     }
@@ -202,6 +215,10 @@ pub(crate) struct Seq {
     pub replays: u32,
     /// No token sampled since (re)admission: KV exhaustion requeues it instead of preempting.
     pub prefilling: bool,
+    /// When the request arrived (latency metrics).
+    pub received: Instant,
+    /// When its last token was sampled (inter-token latency).
+    pub last_token: Option<Instant>,
 }
 
 impl Seq {
@@ -268,6 +285,8 @@ pub struct Scheduler<B: StepBackend> {
     pub(crate) fused: Vec<f32>,
     /// Counters for tests and metrics.
     pub(crate) stats: Arc<SchedulerStats>,
+    /// Prometheus handles.
+    pub(crate) metrics: SchedMetrics,
 }
 
 /// Counters the scheduler keeps (also exported as metrics).
@@ -298,6 +317,7 @@ impl<B: StepBackend> Scheduler<B> {
             max_waiting: cfg.max_waiting,
         };
         let fused = vec![0.0; cfg.vocab];
+        let metrics = SchedMetrics::new();
         let sched = Scheduler {
             backend,
             cfg,
@@ -312,8 +332,16 @@ impl<B: StepBackend> Scheduler<B> {
             scratch: Vec::new(),
             fused,
             stats: Arc::new(SchedulerStats::default()),
+            metrics,
         };
         (sched, handle)
+    }
+
+    /// Labels the per-worker metrics: `labels[m]` = (`worker`, `address`) of model `m` (see
+    /// [`crate::telemetry::worker_labels`]).
+    pub fn with_worker_labels(mut self, labels: &[(String, String)]) -> Self {
+        self.metrics.set_worker_labels(labels);
+        self
     }
 
     /// The scheduler's counters.
@@ -347,8 +375,8 @@ impl<B: StepBackend> Scheduler<B> {
             }
             self.drop_cancelled().await;
             self.admit();
-            metrics::gauge!("genarm_batch_size").set(self.running.len() as f64);
-            metrics::gauge!("genarm_queue_size").set(self.waiting.len() as f64);
+            self.metrics.batch_size.set(self.running.len() as f64);
+            self.metrics.queue_depth.set(self.waiting.len() as f64);
             if self.running.is_empty() {
                 continue;
             }
@@ -360,7 +388,7 @@ impl<B: StepBackend> Scheduler<B> {
     /// Turns a submission into a waiting sequence (or fails it at once if its sampler is
     /// invalid, which validation prevents).
     fn enqueue(&mut self, s: Submitted) {
-        let Submitted { req, events, permit } = s;
+        let Submitted { req, events, permit, received } = s;
         let sampler = match Sampler::new(req.sampling) {
             Ok(s) => s,
             Err(e) => {
@@ -395,6 +423,8 @@ impl<B: StepBackend> Scheduler<B> {
             permit: Some(permit),
             replays: 0,
             prefilling: true,
+            received,
+            last_token: None,
         });
     }
 

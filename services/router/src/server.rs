@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use genarm_fusion::WireDtype;
-use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio::sync::watch;
 
 use crate::args::{Args, LogitsDtypeArg};
@@ -73,11 +72,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Err(e) = args.validate() {
         bail!("{e}");
     }
-    let metrics =
-        PrometheusBuilder::new().install_recorder().context("cannot install the metrics recorder")?;
-    metrics::describe_counter!("genarm_requests_total", "HTTP requests by endpoint and status");
-    metrics::describe_counter!("genarm_generated_tokens_total", "Tokens generated");
-    metrics::describe_gauge!("genarm_batch_size", "Sequences in the running batch");
+    let metrics = crate::telemetry::install().context("cannot install the metrics recorder")?;
 
     let state = Arc::new(AppState::new(Some(metrics), args.max_body_bytes));
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -104,6 +99,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let wcfg = WorkersConfig {
         base_url: args.base.clone(),
         rms: args.rms.iter().map(|r| (r.name.clone(), r.url.clone())).collect(),
+        etcd: match &args.etcd {
+            None => None,
+            Some(urls) => Some(crate::workers::EtcdConfig {
+                endpoints: genarm_discovery::parse_endpoints(urls)?,
+                cluster: args.cluster.clone(),
+            }),
+        },
         connect_timeout: Duration::from_secs(args.worker_connect_timeout_secs),
         call_timeout: Duration::from_secs(args.worker_timeout_secs.max(1)),
         reprobe: Duration::from_millis(args.worker_reprobe_ms.max(50)),
@@ -145,6 +147,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         },
         abort_rx,
     );
+    let scheduler = scheduler.with_worker_labels(&crate::telemetry::worker_labels(&catalog));
+    crate::telemetry::spawn_kv_poller(&catalog, workers.clone());
     let sched_task = tokio::spawn(scheduler.run());
     let health: Arc<dyn WorkerHealth> = workers.clone();
     let core = Core {

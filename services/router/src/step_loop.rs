@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use genarm_fusion::{fuse, top_logprobs, unpack, ArmTerm, FusionError};
 
@@ -30,10 +31,11 @@ impl<B: StepBackend> Scheduler<B> {
     pub(crate) async fn step(&mut self) {
         let n_models = self.backend.num_models();
         let batch = self.running.len() as u64;
+        let step_started = Instant::now();
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
         self.stats.max_batch.fetch_max(batch, Ordering::Relaxed);
-        metrics::counter!("genarm_steps_total").increment(1);
-        metrics::counter!("genarm_step_sequences_total").increment(batch);
+        self.metrics.steps.increment(1);
+        self.metrics.step_sequences.increment(batch);
 
         // 1. What each model must compute: (running index, model slot) and the payload.
         let mut targets: Vec<Vec<(usize, usize)>> = vec![Vec::new(); n_models];
@@ -72,7 +74,11 @@ impl<B: StepBackend> Scheduler<B> {
         let dtype = self.cfg.dtype;
         let calls = payloads.into_iter().enumerate().filter(|(_, p)| !p.is_empty()).map(|(m, seqs)| {
             let backend = Arc::clone(&self.backend);
-            async move { (m, backend.step(m, seqs, vocab, dtype).await) }
+            async move {
+                let started = Instant::now();
+                let result = backend.step(m, seqs, vocab, dtype).await;
+                (m, result, started.elapsed())
+            }
         });
         let results = futures::future::join_all(calls).await;
 
@@ -80,7 +86,8 @@ impl<B: StepBackend> Scheduler<B> {
         let mut fates: BTreeMap<usize, Fate> = stuck;
         let mut kv_exhausted: Vec<usize> = Vec::new();
         let mut replay_release: Vec<Vec<u64>> = vec![Vec::new(); n_models];
-        for (m, result) in results {
+        for (m, result, elapsed) in results {
+            self.metrics.worker_step(m, elapsed);
             let list = &targets[m];
             let outcomes = match result {
                 Ok(o) if o.len() == list.len() => o,
@@ -114,6 +121,7 @@ impl<B: StepBackend> Scheduler<B> {
                     } => {
                         seq.replays += 1;
                         self.stats.replays.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.replays.increment(1);
                         tracing::info!(request_id = %seq.request_id, seq_id = seq.id, worker = %self.backend.display_name(m),
                             ?kind, %message, "worker lost the sequence: replaying it");
                         let sm = &mut seq.models[slot];
@@ -146,6 +154,7 @@ impl<B: StepBackend> Scheduler<B> {
         }
 
         // 5. Sample every sequence whose logits are all in.
+        let sampling_started = Instant::now();
         for si in 0..self.running.len() {
             if fates.contains_key(&si) {
                 continue;
@@ -157,10 +166,12 @@ impl<B: StepBackend> Scheduler<B> {
                 fates.insert(si, fate);
             }
         }
+        self.metrics.fusion_sampling.record(sampling_started.elapsed().as_secs_f64());
 
         // 6. Remove finished / failed / requeued sequences; release them everywhere.
         self.finish_step(fates, replay_release).await;
-        metrics::gauge!("genarm_batch_size").set(self.running.len() as f64);
+        self.metrics.batch_size.set(self.running.len() as f64);
+        self.metrics.step_duration.record(step_started.elapsed().as_secs_f64());
     }
 
     /// A worker call failed as a whole: every sequence of this step that used it fails; the
@@ -218,6 +229,7 @@ impl<B: StepBackend> Scheduler<B> {
                 continue;
             }
             self.stats.preemptions.fetch_add(1, Ordering::Relaxed);
+            self.metrics.preemptions.increment(1);
             if seq.prefilling {
                 tracing::info!(request_id = %seq.request_id, seq_id = seq.id, "KV exhausted: requeueing new request");
                 fates.insert(si, Fate::Requeue);
@@ -276,7 +288,13 @@ impl<B: StepBackend> Scheduler<B> {
         };
         seq.prefilling = false;
         seq.generated.push(sampled.token);
-        metrics::counter!("genarm_generated_tokens_total").increment(1);
+        let now = Instant::now();
+        match seq.last_token {
+            None => self.metrics.ttft.record(now.duration_since(seq.received).as_secs_f64()),
+            Some(last) => self.metrics.inter_token.record(now.duration_since(last).as_secs_f64()),
+        }
+        seq.last_token = Some(now);
+        self.metrics.tokens.increment(1);
 
         let mut finish = None;
         let mut text = String::new();
@@ -303,6 +321,7 @@ impl<B: StepBackend> Scheduler<B> {
         let sent = seq.events.send(Event::Token { token: sampled.token, text, logprob, top }).is_ok();
         match finish {
             Some(reason) => {
+                self.metrics.request_duration.record(now.duration_since(seq.received).as_secs_f64());
                 let _ = seq.events.send(Event::Finished { reason, usage: seq.usage() });
                 Some(Fate::Done)
             }

@@ -1,17 +1,25 @@
-//! `Workers`: the gRPC clients of the base-worker and of each reward-model worker. At startup it
-//! waits (with retries, until a deadline) for every worker to report SERVING and answer `Info`,
-//! builds each model's [`ModelText`], and checks the cluster: protocol version, roles, reward
-//! names, V = the base tokenizer's size, every ARM's logits ≥ V and its vocabulary fingerprint
-//! over [0, V) equal to the base's (DESIGN invariant 6), effective context = min of the models'
-//! max positions. Afterwards a monitor task per worker tracks its health: a failed call or
-//! health check marks it not ready, and it is probed again until it answers as the same model.
-//! `Workers` is the real [`StepBackend`].
+//! `Workers`: one pool of worker members per model slot (the base, then each reward name in
+//! sorted order). Members come from the static flags (`--base URL`, `--rm NAME=URL`: members that
+//! never expire) and, with `--etcd`, from the registrations under `/genarm/<cluster>/workers/`
+//! (added when their key appears, removed when it disappears — deregistered or lease expired).
+//! Every newcomer is probed until SERVING and checked: protocol version, role and reward name,
+//! and for an ARM its logits ≥ V and its vocabulary fingerprint over [0, V) equal to the base's
+//! (DESIGN invariant 6). At startup the first worker of each slot that passes fixes the
+//! [`Catalog`] (V = the base tokenizer's size, effective context = min of max positions); later
+//! members must serve the same model as their slot (a refusal is logged naming both models). A
+//! static worker that fails at startup is fatal; a discovered one is refused and logged. The
+//! first ready member of a slot serves its steps; others stand by (replicas with replay come
+//! later). A monitor task per member tracks its health: a failed call or health check marks it
+//! not ready, and it is probed again until it answers as the same model. A slot is ready while
+//! it has a ready member. `Workers` is the real [`StepBackend`].
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
+use genarm_discovery::MembershipEvent;
 use genarm_fusion::WireDtype;
 use genarm_proto::v1::seq_result::Outcome;
 use genarm_proto::v1::worker_client::WorkerClient;
@@ -20,7 +28,7 @@ use genarm_proto::v1::{
     PROTOCOL_VERSION, WORKER_SERVICE_NAME,
 };
 use genarm_text::ModelText;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -31,10 +39,13 @@ use crate::backend::{CallError, ModelIndex, SeqErrorKind, SeqOutcome, SeqStep, S
 /// Where to find the workers and how to talk to them.
 #[derive(Debug, Clone)]
 pub struct WorkersConfig {
-    /// The base-worker's URL.
-    pub base_url: String,
-    /// `(reward name, URL)` of each reward-model worker.
-    pub rms: Vec<(String, String)>,
+    /// The base-worker's URL (`--base`), if given.
+    pub base_url: Option<String>,
+    /// `(reward name, URL)` of each reward model; the URL is `None` for a reward model whose
+    /// workers are found in etcd.
+    pub rms: Vec<(String, Option<String>)>,
+    /// Where to discover workers, if anywhere.
+    pub etcd: Option<EtcdConfig>,
     /// How long startup waits for every worker.
     pub connect_timeout: Duration,
     /// Timeout of one `Step` call.
@@ -43,6 +54,15 @@ pub struct WorkersConfig {
     pub reprobe: Duration,
     /// gRPC message size limit, both directions.
     pub max_message_bytes: usize,
+}
+
+/// etcd discovery settings.
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    /// The endpoints.
+    pub endpoints: Vec<String>,
+    /// The cluster name (key prefix `/genarm/<cluster>/workers/`).
+    pub cluster: String,
 }
 
 /// What the router knows about one model (from its worker's `Info`).
@@ -118,42 +138,8 @@ impl Catalog {
                 vocab
             );
         }
-        let base_fp = base.text.fingerprint(vocab);
         for arm in &models[1..] {
-            if (arm.vocab_size as usize) < vocab {
-                bail!(
-                    "reward model \"{}\" ({}) produces {} logits per position, fewer than the base model \
-                     {}'s vocabulary of {} tokens; an ARM must cover every base token id — use an ARM \
-                     trained on the base model's tokenizer",
-                    arm.reward_name.as_deref().unwrap_or("?"),
-                    arm.model_id,
-                    arm.vocab_size,
-                    base.model_id,
-                    vocab
-                );
-            }
-            if arm.text.fingerprint(vocab) != base_fp {
-                let first_diff = (0..vocab as u32).find(|&id| {
-                    arm.text.tokenizer().id_to_token(id) != base.text.tokenizer().id_to_token(id)
-                });
-                let detail = first_diff
-                    .map(|id| {
-                        format!(
-                            " (first difference at id {id}: {:?} vs {:?})",
-                            base.text.tokenizer().id_to_token(id),
-                            arm.text.tokenizer().id_to_token(id)
-                        )
-                    })
-                    .unwrap_or_default();
-                bail!(
-                    "reward model \"{}\" ({}) does not share the vocabulary of the base model {}: their \
-                     token ids [0, {vocab}) map to different tokens{detail}; GenARM needs an ARM with the \
-                     base model's tokenizer",
-                    arm.reward_name.as_deref().unwrap_or("?"),
-                    arm.model_id,
-                    base.model_id
-                );
-            }
+            check_arm(base, vocab, arm)?;
         }
         let max_context = models.iter().map(|m| m.max_positions).min().unwrap_or(0);
         if max_context < 2 {
@@ -163,16 +149,83 @@ impl Catalog {
     }
 }
 
-/// One worker's connection and health.
-struct WorkerConn {
-    name: String,
-    reward_name: String,
+/// Checks an ARM against the base (DESIGN invariant 6): at least `vocab` logits, and the same
+/// tokens on ids [0, vocab). Errors name both models.
+pub fn check_arm(base: &ModelEntry, vocab: usize, arm: &ModelEntry) -> anyhow::Result<()> {
+    let base_fp = base.text.fingerprint(vocab);
+    {
+        if (arm.vocab_size as usize) < vocab {
+            bail!(
+                "reward model \"{}\" ({}) produces {} logits per position, fewer than the base model \
+                     {}'s vocabulary of {} tokens; an ARM must cover every base token id — use an ARM \
+                     trained on the base model's tokenizer",
+                arm.reward_name.as_deref().unwrap_or("?"),
+                arm.model_id,
+                arm.vocab_size,
+                base.model_id,
+                vocab
+            );
+        }
+        if arm.text.fingerprint(vocab) != base_fp {
+            let first_diff = (0..vocab as u32)
+                .find(|&id| arm.text.tokenizer().id_to_token(id) != base.text.tokenizer().id_to_token(id));
+            let detail = first_diff
+                .map(|id| {
+                    format!(
+                        " (first difference at id {id}: {:?} vs {:?})",
+                        base.text.tokenizer().id_to_token(id),
+                        arm.text.tokenizer().id_to_token(id)
+                    )
+                })
+                .unwrap_or_default();
+            bail!(
+                "reward model \"{}\" ({}) does not share the vocabulary of the base model {}: their \
+                     token ids [0, {vocab}) map to different tokens{detail}; GenARM needs an ARM with the \
+                     base model's tokenizer",
+                arm.reward_name.as_deref().unwrap_or("?"),
+                arm.model_id,
+                base.model_id
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One worker process serving a model slot: a static `--base`/`--rm` URL (never expires) or a
+/// worker registered in etcd (removed when its key disappears).
+struct Member {
+    /// The etcd key, or `--base` / `--rm NAME` for a static member.
+    key: String,
+    url: String,
     client: WorkerClient<Channel>,
     health: HealthClient<Channel>,
     ready: AtomicBool,
+    /// Set when the member left the pool; its monitor then ends.
+    removed: AtomicBool,
     wake: Notify,
-    /// What the worker must keep reporting to be taken back after a failure.
+}
+
+/// One model of the catalog (backend index) and the workers serving it. The first ready member
+/// serves the steps; further members stand by (replicas with replay come later).
+struct Slot {
+    /// `base-worker` or `rm-worker "NAME"`.
+    label: String,
+    model_id: String,
+    reward_name: String,
+    /// What every member must report.
     identity: Identity,
+    members: RwLock<Vec<Arc<Member>>>,
+}
+
+impl Slot {
+    fn members(&self) -> Vec<Arc<Member>> {
+        self.members.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The member steps go to: the first ready one.
+    fn active(&self) -> Option<Arc<Member>> {
+        self.members().into_iter().find(|m| m.ready.load(Ordering::SeqCst))
+    }
 }
 
 /// The parts of `Info` that must not change when a worker comes back.
@@ -197,9 +250,10 @@ impl Identity {
     }
 }
 
-/// The workers: gRPC clients, the [`Catalog`], health. The real [`StepBackend`].
+/// The workers: one pool of members per model slot (static URLs and etcd registrations alike),
+/// the [`Catalog`], health. The real [`StepBackend`].
 pub struct Workers {
-    conns: Vec<WorkerConn>,
+    slots: Vec<Slot>,
     catalog: Arc<Catalog>,
     call_timeout: Duration,
     reprobe: Duration,
@@ -208,13 +262,16 @@ pub struct Workers {
 impl std::fmt::Debug for Workers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Workers")
-            .field("models", &self.conns.iter().map(|c| &c.name).collect::<Vec<_>>())
+            .field("models", &self.slots.iter().map(|c| &c.label).collect::<Vec<_>>())
             .finish()
     }
 }
 
 /// Clients for one URL (the channel connects lazily and reconnects by itself).
-fn clients(url: &str, cfg: &WorkersConfig) -> anyhow::Result<(WorkerClient<Channel>, HealthClient<Channel>)> {
+fn clients(
+    url: &str,
+    max_message_bytes: usize,
+) -> anyhow::Result<(WorkerClient<Channel>, HealthClient<Channel>)> {
     let endpoint = Endpoint::from_shared(url.to_string())
         .with_context(|| format!("worker URL `{url}` is not a valid URL"))?
         .connect_timeout(Duration::from_secs(5))
@@ -223,8 +280,8 @@ fn clients(url: &str, cfg: &WorkersConfig) -> anyhow::Result<(WorkerClient<Chann
         .keep_alive_timeout(Duration::from_secs(20));
     let channel = endpoint.connect_lazy();
     let client = WorkerClient::new(channel.clone())
-        .max_decoding_message_size(cfg.max_message_bytes)
-        .max_encoding_message_size(cfg.max_message_bytes);
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
     Ok((client, HealthClient::new(channel)))
 }
 
@@ -306,94 +363,482 @@ fn check_info(info: &InfoResponse, reward_name: Option<&str>, url: &str) -> anyh
     Ok(())
 }
 
-impl Workers {
-    /// Connects to every worker (retrying until `cfg.connect_timeout`), checks the cluster and
-    /// starts the health monitors.
-    pub async fn connect(cfg: &WorkersConfig) -> anyhow::Result<Arc<Self>> {
-        let mut specs: Vec<(Option<String>, String)> = vec![(None, cfg.base_url.clone())];
-        let mut rms = cfg.rms.clone();
-        rms.sort_by(|a, b| a.0.cmp(&b.0));
-        specs.extend(rms.into_iter().map(|(n, u)| (Some(n), u)));
+/// Checks what a worker registered in etcd under `slot_name` (`None`: base) reports.
+fn check_discovered(info: &InfoResponse, slot_name: Option<&str>, url: &str) -> anyhow::Result<()> {
+    if info.protocol_version != PROTOCOL_VERSION {
+        bail!(
+            "worker at {url} speaks worker protocol version {}, this router speaks version {}; run \
+             workers and router of the same genarm release",
+            info.protocol_version,
+            PROTOCOL_VERSION
+        );
+    }
+    let (role, name) = match slot_name {
+        None => (Role::Base as i32, ""),
+        Some(n) => (Role::Reward as i32, n),
+    };
+    if info.role != role || info.reward_name != name {
+        bail!(
+            "worker at {url} is registered as {} but reports role {} with reward name \"{}\" (model {})",
+            slot_name.map(|n| format!("reward model \"{n}\"")).unwrap_or_else(|| "the base".into()),
+            info.role,
+            info.reward_name,
+            info.model_id
+        );
+    }
+    Ok(())
+}
 
-        let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
-        let waits = specs.iter().map(|(name, url)| async move {
-            let (mut client, mut health) = clients(url, cfg)?;
-            let what = match name {
-                None => format!("base-worker at {url}"),
-                Some(n) => format!("rm-worker \"{n}\" at {url}"),
-            };
-            let mut attempt = 0u32;
-            let info = loop {
-                match probe(&mut client, &mut health, Duration::from_secs(10)).await {
-                    Ok(info) => break info,
-                    Err(why) => {
+/// A worker the pool learnt about: from a flag or from etcd.
+#[derive(Debug, Clone)]
+struct Candidate {
+    key: String,
+    url: String,
+    slot: ModelIndex,
+    is_static: bool,
+}
+
+/// What the membership task reacts to.
+enum Event {
+    Added(Candidate),
+    Removed(String),
+    Probed { key: String, seq: u64, result: Result<Box<InfoResponse>, String> },
+}
+
+/// Probes `c` until it is SERVING and answers `Info` (until `deadline` for static members; for
+/// discovered ones until the probe is cancelled because the key went away).
+async fn probe_task(
+    c: Candidate,
+    seq: u64,
+    max_message_bytes: usize,
+    deadline: Option<tokio::time::Instant>,
+    tx: mpsc::UnboundedSender<Event>,
+) {
+    let result = async {
+        let (mut client, mut health) = clients(&c.url, max_message_bytes).map_err(|e| format!("{e:#}"))?;
+        let mut attempt = 0u32;
+        loop {
+            match probe(&mut client, &mut health, Duration::from_secs(10)).await {
+                Ok(info) => return Ok(Box::new(info)),
+                Err(why) => {
+                    if let Some(deadline) = deadline {
                         if tokio::time::Instant::now() >= deadline {
-                            bail!(
-                                "{what} did not become ready within {:?} (last: {why}); check that it runs \
-                                 and that the URL is right (--worker-connect-timeout-secs to wait longer)",
-                                cfg.connect_timeout
-                            );
+                            return Err(why);
                         }
-                        if attempt % 10 == 0 {
-                            tracing::info!(worker = %what, reason = %why, "waiting for worker");
+                    }
+                    if attempt % 10 == 0 {
+                        tracing::info!(worker = %c.url, key = %c.key, reason = %why, "waiting for worker");
+                    }
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+    .await;
+    let _ = tx.send(Event::Probed { key: c.key.clone(), seq, result });
+}
+
+/// A worker that answered `Info` and passed the role checks, before the catalog exists.
+struct Probed {
+    cand: Candidate,
+    info: InfoResponse,
+    entry: ModelEntry,
+}
+
+/// The membership of the pool: turns flag entries and etcd events into members, probing and
+/// checking each newcomer. Runs before the catalog exists (choosing its first members) and then
+/// for the router's life.
+struct Membership {
+    cfg: WorkersConfig,
+    /// `None` for the base, then the reward names sorted (the slot order).
+    slot_names: Vec<Option<String>>,
+    tx: mpsc::UnboundedSender<Event>,
+    /// Keys whose probe runs, with the probe's sequence number.
+    probing: HashMap<String, (u64, tokio::task::AbortHandle)>,
+    known: HashMap<String, Candidate>,
+    next_seq: u64,
+    deadline: tokio::time::Instant,
+}
+
+impl Membership {
+    fn what(&self, c: &Candidate) -> String {
+        match &self.slot_names[c.slot] {
+            None => format!("base-worker at {}", c.url),
+            Some(n) => format!("rm-worker \"{n}\" at {}", c.url),
+        }
+    }
+
+    fn added(&mut self, c: Candidate) {
+        if self.known.get(&c.key).is_some_and(|k| k.url == c.url && k.slot == c.slot) {
+            return;
+        }
+        self.removed(&c.key);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let deadline = c.is_static.then_some(self.deadline);
+        let handle =
+            tokio::spawn(probe_task(c.clone(), seq, self.cfg.max_message_bytes, deadline, self.tx.clone()));
+        self.probing.insert(c.key.clone(), (seq, handle.abort_handle()));
+        self.known.insert(c.key.clone(), c);
+    }
+
+    fn removed(&mut self, key: &str) {
+        if let Some((_, h)) = self.probing.remove(key) {
+            h.abort();
+        }
+        self.known.remove(key);
+    }
+
+    /// The probe result for `key`, if it is still wanted.
+    fn probed(&mut self, key: &str, seq: u64) -> Option<Candidate> {
+        match self.probing.get(key) {
+            Some((s, _)) if *s == seq => {
+                self.probing.remove(key);
+                self.known.get(key).cloned()
+            }
+            _ => None,
+        }
+    }
+
+    /// Role checks and the model's text handling for a probed worker.
+    fn entry(&self, c: &Candidate, info: &InfoResponse) -> anyhow::Result<ModelEntry> {
+        let slot_name = self.slot_names[c.slot].as_deref();
+        if c.is_static {
+            check_info(info, slot_name, &c.url)?;
+        } else {
+            check_discovered(info, slot_name, &c.url)?;
+        }
+        let text = ModelText::new(
+            &info.model_id,
+            &info.tokenizer_json,
+            info.chat_template.clone(),
+            info.bos_token_id,
+            info.eos_token_ids.clone(),
+            info.add_bos_token,
+        )
+        .map_err(|e| anyhow!("{e}"))?;
+        Ok(ModelEntry {
+            index: c.slot,
+            reward_name: slot_name.map(str::to_string),
+            model_id: info.model_id.clone(),
+            url: c.url.clone(),
+            vocab_size: info.vocab_size,
+            max_positions: info.max_positions,
+            text: Arc::new(text),
+        })
+    }
+
+    /// Phase 1: waits until the base and every reward name have a worker that passes the
+    /// checks, and builds the catalog. A static worker that fails is fatal (the message names
+    /// the flag or the models); a discovered one is refused with a logged reason.
+    async fn until_catalog(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Event>,
+    ) -> anyhow::Result<(Catalog, Vec<Probed>, Vec<Probed>)> {
+        let mut probed: Vec<Probed> = Vec::new();
+        loop {
+            let Some(ev) = rx.recv().await else { bail!("the worker membership source ended") };
+            match ev {
+                Event::Added(c) => self.added(c),
+                Event::Removed(key) => {
+                    self.removed(&key);
+                    probed.retain(|p| p.cand.key != key);
+                }
+                Event::Probed { key, seq, result } => {
+                    let Some(c) = self.probed(&key, seq) else { continue };
+                    let what = self.what(&c);
+                    let info = match result {
+                        Ok(info) => *info,
+                        Err(why) => bail!(
+                            "{what} did not become ready within {:?} (last: {why}); check that it runs \
+                             and that the URL is right (--worker-connect-timeout-secs to wait longer)",
+                            self.cfg.connect_timeout
+                        ),
+                    };
+                    match self.entry(&c, &info) {
+                        Ok(entry) => {
+                            log_connected(&what, &info);
+                            if let Err(e) = entry.text.check_chat_template() {
+                                tracing::warn!("{e}");
+                            }
+                            probed.push(Probed { cand: c, info, entry });
                         }
-                        attempt += 1;
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        Err(e) if c.is_static => return Err(e),
+                        Err(e) => {
+                            tracing::error!(worker = %what, key = %c.key, "refused worker: {e:#}");
+                        }
                     }
                 }
-            };
-            check_info(&info, name.as_deref(), url)?;
-            tracing::info!(worker = %what, model = %info.model_id, vocab = info.vocab_size,
-                max_positions = info.max_positions, dtype = %info.dtype, tp = info.tp_size,
-                kv_tokens = info.kv_capacity_tokens, "worker connected");
-            Ok::<_, anyhow::Error>((client, health, info))
-        });
-        let results = futures::future::join_all(waits).await;
-
-        let mut entries = Vec::new();
-        let mut conns = Vec::new();
-        for (index, ((reward_name, url), result)) in specs.iter().zip(results).enumerate() {
-            let (client, health, info) = result?;
-            let text = ModelText::new(
-                &info.model_id,
-                &info.tokenizer_json,
-                info.chat_template.clone(),
-                info.bos_token_id,
-                info.eos_token_ids.clone(),
-                info.add_bos_token,
-            )
-            .map_err(|e| anyhow!("{e}"))?;
-            if let Err(e) = text.check_chat_template() {
-                tracing::warn!("{e}");
             }
-            let entry = ModelEntry {
-                index,
-                reward_name: reward_name.clone(),
-                model_id: info.model_id.clone(),
+            // Choose: the first base, then per reward name the first that matches the base.
+            let Some(bi) = probed.iter().position(|p| p.cand.slot == 0) else { continue };
+            let vocab = probed[bi].entry.text.vocab_size();
+            let mut chosen = vec![bi];
+            let mut refused = Vec::new();
+            for slot in 1..self.slot_names.len() {
+                let mut found = None;
+                for (i, p) in probed.iter().enumerate().filter(|(_, p)| p.cand.slot == slot) {
+                    match check_arm(&probed[bi].entry, vocab, &p.entry) {
+                        Ok(()) => {
+                            found = Some(i);
+                            break;
+                        }
+                        Err(e) if p.cand.is_static => return Err(e),
+                        Err(e) => {
+                            tracing::error!(worker = %self.what(&p.cand), key = %p.cand.key, "refused worker: {e:#}");
+                            refused.push(i);
+                        }
+                    }
+                }
+                chosen.extend(found);
+            }
+            for &i in refused.iter().rev() {
+                probed.remove(i);
+                chosen.iter_mut().for_each(|c| *c -= usize::from(*c > i));
+            }
+            if chosen.len() < self.slot_names.len() {
+                continue;
+            }
+            let mut firsts = Vec::new();
+            let mut rest = Vec::new();
+            let mut slots: Vec<Option<Probed>> = (0..self.slot_names.len()).map(|_| None).collect();
+            for (i, p) in probed.into_iter().enumerate() {
+                if chosen.contains(&i) {
+                    let s = p.cand.slot;
+                    slots[s] = Some(p);
+                } else {
+                    rest.push(p);
+                }
+            }
+            firsts.extend(slots.into_iter().flatten());
+            let catalog = Catalog::new(
+                firsts
+                    .iter()
+                    .map(|p| ModelEntry {
+                        index: p.entry.index,
+                        reward_name: p.entry.reward_name.clone(),
+                        model_id: p.entry.model_id.clone(),
+                        url: p.entry.url.clone(),
+                        vocab_size: p.entry.vocab_size,
+                        max_positions: p.entry.max_positions,
+                        text: Arc::clone(&p.entry.text),
+                    })
+                    .collect(),
+            )?;
+            return Ok((catalog, firsts, rest));
+        }
+    }
+
+    /// Phase 2: adds and removes members of the live pool until the workers are dropped.
+    async fn live(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Event>,
+        workers: Weak<Workers>,
+        pending: Vec<Probed>,
+    ) {
+        for p in pending {
+            let Some(w) = workers.upgrade() else { return };
+            admit(&w, &workers, p.cand, &p.info, &self);
+        }
+        while let Some(ev) = rx.recv().await {
+            let Some(w) = workers.upgrade() else { return };
+            match ev {
+                Event::Added(c) => self.added(c),
+                Event::Removed(key) => {
+                    self.removed(&key);
+                    for slot in &w.slots {
+                        let mut members = slot.members.write().unwrap_or_else(|e| e.into_inner());
+                        if let Some(i) = members.iter().position(|m| m.key == key) {
+                            let m = members.remove(i);
+                            m.removed.store(true, Ordering::SeqCst);
+                            m.wake.notify_one();
+                            let left = members.iter().filter(|m| m.ready.load(Ordering::SeqCst)).count();
+                            tracing::warn!(worker = %slot.label, url = %m.url, %key, ready_left = left,
+                                "worker left the cluster (deregistered or its lease expired)");
+                        }
+                    }
+                }
+                Event::Probed { key, seq, result } => {
+                    let Some(c) = self.probed(&key, seq) else { continue };
+                    match result {
+                        Ok(info) => admit(&w, &workers, c, &info, &self),
+                        Err(why) => tracing::error!(worker = %self.what(&c), reason = %why,
+                            "worker did not become ready; not added"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn log_connected(what: &str, info: &InfoResponse) {
+    tracing::info!(worker = %what, model = %info.model_id, vocab = info.vocab_size,
+        max_positions = info.max_positions, dtype = %info.dtype, tp = info.tp_size,
+        kv_tokens = info.kv_capacity_tokens, instance = %info.instance_id, "worker connected");
+}
+
+/// Adds a probed worker to the live pool if it serves its slot's model (same identity; for a
+/// different model the reason — vocabulary or model — is logged, naming both models).
+fn admit(w: &Arc<Workers>, weak: &Weak<Workers>, c: Candidate, info: &InfoResponse, ms: &Membership) {
+    let what = ms.what(&c);
+    let slot = &w.slots[c.slot];
+    let entry = match ms.entry(&c, info) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(worker = %what, key = %c.key, "refused worker: {e:#}");
+            return;
+        }
+    };
+    if Identity::of(info) != slot.identity {
+        let catalog = &w.catalog;
+        let reason = if c.slot == 0 {
+            None
+        } else {
+            check_arm(catalog.base(), catalog.vocab, &entry).err().map(|e| format!("{e:#}"))
+        };
+        let reason = reason.unwrap_or_else(|| {
+            format!(
+                "it serves model {} (vocab size {}), but this router serves {} with model {}; restart \
+                 the router to switch models",
+                info.model_id, info.vocab_size, slot.label, slot.model_id
+            )
+        });
+        tracing::error!(worker = %what, key = %c.key, "refused worker: {reason}");
+        return;
+    }
+    let (client, health) = match clients(&c.url, ms.cfg.max_message_bytes) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!(worker = %what, "refused worker: {e:#}");
+            return;
+        }
+    };
+    let member = Arc::new(Member {
+        key: c.key.clone(),
+        url: c.url.clone(),
+        client,
+        health,
+        ready: AtomicBool::new(true),
+        removed: AtomicBool::new(false),
+        wake: Notify::new(),
+    });
+    let mut members = slot.members.write().unwrap_or_else(|e| e.into_inner());
+    members.retain(|m| m.key != c.key);
+    let standby = members.iter().any(|m| m.ready.load(Ordering::SeqCst));
+    members.push(Arc::clone(&member));
+    drop(members);
+    log_connected(&what, info);
+    if standby {
+        tracing::warn!(worker = %what, "another worker already serves {}: this one stands by and takes over \
+            when that one leaves (replicas with load balancing come later)", slot.label);
+    }
+    tokio::spawn(monitor(weak.clone(), c.slot, member));
+}
+
+impl Workers {
+    /// Builds the pool: the `--base`/`--rm` URLs and, with etcd, the registered workers; waits
+    /// (static URLs until `cfg.connect_timeout`; etcd registrations for as long as it takes)
+    /// until the base and every reward name have a worker that passes the checks, then keeps
+    /// the membership up to date in the background.
+    pub async fn connect(cfg: &WorkersConfig) -> anyhow::Result<Arc<Self>> {
+        let mut names: Vec<String> = cfg.rms.iter().map(|(n, _)| n.clone()).collect();
+        names.sort();
+        names.dedup();
+        let slot_names: Vec<Option<String>> =
+            std::iter::once(None).chain(names.into_iter().map(Some)).collect();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        if let Some(url) = &cfg.base_url {
+            let _ = tx.send(Event::Added(Candidate {
+                key: "--base".into(),
                 url: url.clone(),
-                vocab_size: info.vocab_size,
-                max_positions: info.max_positions,
-                text: Arc::new(text),
-            };
-            conns.push(WorkerConn {
-                name: entry.display_name(),
-                reward_name: info.reward_name.clone(),
+                slot: 0,
+                is_static: true,
+            }));
+        }
+        for (name, url) in &cfg.rms {
+            if let Some(url) = url {
+                let slot = slot_names.iter().position(|n| n.as_deref() == Some(name)).unwrap_or(0);
+                let key = format!("--rm {name}");
+                let _ = tx.send(Event::Added(Candidate { key, url: url.clone(), slot, is_static: true }));
+            }
+        }
+        if let Some(etcd) = &cfg.etcd {
+            let prefix = genarm_discovery::workers_prefix(&etcd.cluster)?;
+            let mut watch = genarm_discovery::watch(&etcd.endpoints, &prefix).await?;
+            tracing::info!(etcd = %etcd.endpoints.join(","), %prefix, "watching etcd for workers");
+            let tx = tx.clone();
+            let slot_names = slot_names.clone();
+            tokio::spawn(async move {
+                while let Some(ev) = watch.next().await {
+                    let ev = match ev {
+                        MembershipEvent::Added { key, value } => {
+                            let slot = match value.role {
+                                genarm_discovery::WorkerRole::Base => Some(0),
+                                genarm_discovery::WorkerRole::Reward => slot_names
+                                    .iter()
+                                    .position(|n| n.as_deref() == Some(value.reward_name.as_str())),
+                            };
+                            let Some(slot) = slot else {
+                                tracing::warn!(%key, reward_name = %value.reward_name, address = %value.address,
+                                    "ignoring a worker of a reward model this router does not serve (add --rm {})",
+                                    value.reward_name);
+                                continue;
+                            };
+                            Event::Added(Candidate { key, url: value.address, slot, is_static: false })
+                        }
+                        MembershipEvent::Removed { key } => Event::Removed(key),
+                    };
+                    if tx.send(ev).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        let mut ms = Membership {
+            cfg: cfg.clone(),
+            slot_names,
+            tx,
+            probing: HashMap::new(),
+            known: HashMap::new(),
+            next_seq: 0,
+            deadline: tokio::time::Instant::now() + cfg.connect_timeout,
+        };
+        let (catalog, firsts, rest) = ms.until_catalog(&mut rx).await?;
+        let catalog = Arc::new(catalog);
+        tracing::info!(vocab = catalog.vocab, max_context = catalog.max_context,
+            reward_models = ?catalog.reward_names(), "cluster checked");
+        let mut slots = Vec::new();
+        let mut members = Vec::new();
+        for p in firsts {
+            let (client, health) = clients(&p.cand.url, cfg.max_message_bytes)?;
+            let member = Arc::new(Member {
+                key: p.cand.key.clone(),
+                url: p.cand.url.clone(),
                 client,
                 health,
                 ready: AtomicBool::new(true),
+                removed: AtomicBool::new(false),
                 wake: Notify::new(),
-                identity: Identity::of(&info),
             });
-            entries.push(entry);
+            members.push(Arc::clone(&member));
+            slots.push(Slot {
+                label: match &p.entry.reward_name {
+                    None => "base-worker".into(),
+                    Some(n) => format!("rm-worker \"{n}\""),
+                },
+                model_id: p.info.model_id.clone(),
+                reward_name: p.info.reward_name.clone(),
+                identity: Identity::of(&p.info),
+                members: RwLock::new(vec![member]),
+            });
         }
-        let catalog = Arc::new(Catalog::new(entries)?);
-        tracing::info!(vocab = catalog.vocab, max_context = catalog.max_context,
-            reward_models = ?catalog.reward_names(), "cluster checked");
         let workers =
-            Arc::new(Workers { conns, catalog, call_timeout: cfg.call_timeout, reprobe: cfg.reprobe });
-        for m in 0..workers.conns.len() {
-            tokio::spawn(monitor(Arc::downgrade(&workers), m));
+            Arc::new(Workers { slots, catalog, call_timeout: cfg.call_timeout, reprobe: cfg.reprobe });
+        for (m, member) in members.into_iter().enumerate() {
+            tokio::spawn(monitor(Arc::downgrade(&workers), m, member));
         }
+        tokio::spawn(ms.live(rx, Arc::downgrade(&workers), rest));
         Ok(workers)
     }
 
@@ -403,59 +848,75 @@ impl Workers {
     }
 }
 
-/// Keeps one worker's readiness up to date: periodic health checks while ready; while not
-/// ready, probes until it answers as the same model. Ends when the workers are dropped.
-async fn monitor(workers: std::sync::Weak<Workers>, m: ModelIndex) {
+/// Keeps one member's readiness up to date: periodic health checks while ready; while not
+/// ready, probes until it answers as the same model. Ends when the member leaves the pool or
+/// the workers are dropped.
+async fn monitor(workers: Weak<Workers>, m: ModelIndex, member: Arc<Member>) {
     loop {
+        if member.removed.load(Ordering::SeqCst) {
+            return;
+        }
         let Some(w) = workers.upgrade() else { return };
-        let conn = &w.conns[m];
-        let ready = conn.ready.load(Ordering::SeqCst);
-        let (mut client, mut health) = (conn.client.clone(), conn.health.clone());
-        match (ready, probe(&mut client, &mut health, w.reprobe.max(Duration::from_secs(2))).await) {
+        let slot = &w.slots[m];
+        let name = format!("{} (model {} at {})", slot.label, slot.model_id, member.url);
+        let ready = member.ready.load(Ordering::SeqCst);
+        let (mut client, mut health) = (member.client.clone(), member.health.clone());
+        let reprobe = w.reprobe;
+        let probed = probe(&mut client, &mut health, reprobe.max(Duration::from_secs(2))).await;
+        if member.removed.load(Ordering::SeqCst) {
+            return;
+        }
+        match (ready, probed) {
             (true, Err(why)) => {
-                tracing::error!(worker = %conn.name, reason = %why, "worker failed its health check: not ready");
-                conn.ready.store(false, Ordering::SeqCst);
+                tracing::error!(worker = %name, reason = %why, "worker failed its health check: not ready");
+                member.ready.store(false, Ordering::SeqCst);
             }
             (false, Ok(info)) => {
-                if Identity::of(&info) == conn.identity && info.protocol_version == PROTOCOL_VERSION {
-                    tracing::info!(worker = %conn.name, instance = %info.instance_id, "worker is back: ready");
-                    conn.ready.store(true, Ordering::SeqCst);
+                if Identity::of(&info) == slot.identity && info.protocol_version == PROTOCOL_VERSION {
+                    tracing::info!(worker = %name, instance = %info.instance_id, "worker is back: ready");
+                    member.ready.store(true, Ordering::SeqCst);
                 } else {
-                    tracing::error!(worker = %conn.name, now_serving = %info.model_id, reward_name = %info.reward_name,
+                    tracing::error!(worker = %name, now_serving = %info.model_id, reward_name = %info.reward_name,
                         "the worker came back serving a different model; restart the router to accept it");
                 }
             }
-            (false, Err(why)) => tracing::debug!(worker = %conn.name, reason = %why, "worker still down"),
+            (false, Err(why)) => tracing::debug!(worker = %name, reason = %why, "worker still down"),
             (true, Ok(_)) => {}
         }
+        drop(w);
         tokio::select! {
-            _ = tokio::time::sleep(w.reprobe) => {}
-            _ = conn.wake.notified() => {}
+            _ = tokio::time::sleep(reprobe) => {}
+            _ = member.wake.notified() => {}
         }
     }
 }
 
 impl WorkerHealth for Workers {
     fn num_models(&self) -> usize {
-        self.conns.len()
+        self.slots.len()
     }
 
     fn display_name(&self, model: ModelIndex) -> String {
-        self.conns.get(model).map(|c| c.name.clone()).unwrap_or_else(|| format!("worker #{model}"))
+        let Some(slot) = self.slots.get(model) else { return format!("worker #{model}") };
+        match slot.active().or_else(|| slot.members().into_iter().next()) {
+            Some(m) => format!("{} (model {} at {})", slot.label, slot.model_id, m.url),
+            None => format!("{} (model {}, no worker registered)", slot.label, slot.model_id),
+        }
     }
 
     fn is_ready(&self, model: ModelIndex) -> bool {
-        self.conns.get(model).is_some_and(|c| c.ready.load(Ordering::SeqCst))
+        self.slots.get(model).is_some_and(|s| s.active().is_some())
     }
 }
 
 impl StepBackend for Workers {
     fn mark_failed(&self, model: ModelIndex, reason: &str) {
-        if let Some(c) = self.conns.get(model) {
-            if c.ready.swap(false, Ordering::SeqCst) {
-                tracing::error!(worker = %c.name, %reason, "worker call failed: marked not ready");
+        if let Some(m) = self.slots.get(model).and_then(Slot::active) {
+            if m.ready.swap(false, Ordering::SeqCst) {
+                tracing::error!(worker = %self.display_name(model), url = %m.url, %reason,
+                    "worker call failed: marked not ready");
             }
-            c.wake.notify_one();
+            m.wake.notify_one();
         }
     }
 
@@ -466,10 +927,11 @@ impl StepBackend for Workers {
         logits_len: u32,
         dtype: WireDtype,
     ) -> Result<Vec<SeqOutcome>, CallError> {
-        let conn = self.conns.get(model).ok_or_else(|| CallError(format!("no worker #{model}")))?;
+        let slot = self.slots.get(model).ok_or_else(|| CallError(format!("no worker #{model}")))?;
+        let member = slot.active().ok_or_else(|| CallError(format!("{} has no ready worker", slot.label)))?;
         let ids: Vec<u64> = seqs.iter().map(|s| s.seq_id).collect();
         let req = StepRequest {
-            reward_name: conn.reward_name.clone(),
+            reward_name: slot.reward_name.clone(),
             seqs: seqs
                 .into_iter()
                 .map(|s| genarm_proto::v1::SeqStep {
@@ -481,7 +943,7 @@ impl StepBackend for Workers {
             logits_dtype: proto_dtype(dtype) as i32,
             logits_len,
         };
-        let mut client = conn.client.clone();
+        let mut client = member.client.clone();
         let resp = tokio::time::timeout(self.call_timeout, client.step(req))
             .await
             .map_err(|_| CallError(format!("no answer to Step within {:?}", self.call_timeout)))?
@@ -513,14 +975,24 @@ impl StepBackend for Workers {
     }
 
     async fn release(&self, model: ModelIndex, seq_ids: Vec<u64>) -> Result<(), CallError> {
-        let conn = self.conns.get(model).ok_or_else(|| CallError(format!("no worker #{model}")))?;
-        let mut client = conn.client.clone();
+        let slot = self.slots.get(model).ok_or_else(|| CallError(format!("no worker #{model}")))?;
         let timeout = self.call_timeout.min(Duration::from_secs(10));
-        tokio::time::timeout(timeout, client.release(ReleaseRequest { seq_ids }))
-            .await
-            .map_err(|_| CallError(format!("no answer to Release within {timeout:?}")))?
-            .map_err(|s| CallError(describe_status(&s)))?;
-        Ok(())
+        // Every ready member: a sequence may live on a member that stood in before.
+        let members: Vec<Arc<Member>> =
+            slot.members().into_iter().filter(|m| m.ready.load(Ordering::SeqCst)).collect();
+        let mut first = Ok(());
+        for (i, m) in members.iter().enumerate() {
+            let mut client = m.client.clone();
+            let r =
+                tokio::time::timeout(timeout, client.release(ReleaseRequest { seq_ids: seq_ids.clone() }))
+                    .await
+                    .map_err(|_| CallError(format!("no answer to Release within {timeout:?}")))
+                    .and_then(|r| r.map_err(|s| CallError(describe_status(&s))));
+            if i == 0 {
+                first = r.map(|_| ());
+            }
+        }
+        first
     }
 }
 
