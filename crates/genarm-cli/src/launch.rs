@@ -45,7 +45,8 @@ pub struct LaunchArgs {
 
     /// A reward model (ARM) as NAME=PATH, served by its own `genarm-rm-worker`. Repeat the flag
     /// for several (the env variable takes a comma-separated list). Requests weight it by NAME in
-    /// `"guidance": {"rewards": {NAME: weight}}`.
+    /// `"guidance": {"rewards": {NAME: weight}}`. Repeating a NAME starts replicas: one more
+    /// `genarm-rm-worker` per repeat; the router balances sequences over them and fails over.
     #[arg(long = "rm", env = "GENARM_RM", value_name = "NAME=PATH", value_delimiter = ',',
           value_parser = parse_rm)]
     pub rms: Vec<(String, PathBuf)>,
@@ -198,11 +199,18 @@ async fn start(args: &LaunchArgs, bins: &Binaries, services: &mut Vec<Service>) 
     base_args.extend([os("--tp"), os(&args.tp.to_string())]);
     base_args.extend(args.worker_args.iter().map(OsString::from));
     services.push(Service::spawn("base-worker", command(&bins.base, base_args), args.quiet)?);
-    for (name, path) in &args.rms {
+    for (i, (name, path)) in args.rms.iter().enumerate() {
         let mut rm_args = vec![os("--model"), path.clone().into_os_string(), os("--name"), os(name)];
         rm_args.extend(worker_listen.clone());
         rm_args.extend(args.worker_args.iter().map(OsString::from));
-        services.push(Service::spawn(&format!("rm-worker {name}"), command(&bins.rm, rm_args), args.quiet)?);
+        // Replicas of one reward name: `rm-worker NAME`, `rm-worker NAME #2`, …
+        let replica = args.rms[..i].iter().filter(|(n, _)| n == name).count();
+        let label = if replica == 0 {
+            format!("rm-worker {name}")
+        } else {
+            format!("rm-worker {name} #{}", replica + 1)
+        };
+        services.push(Service::spawn(&label, command(&bins.rm, rm_args), args.quiet)?);
     }
     // The workers load their models in parallel; the first to fail ends the wait.
     let addrs = futures::future::try_join_all(services.iter_mut().map(|s| s.listening(deadline))).await?;

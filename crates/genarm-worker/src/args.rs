@@ -63,6 +63,12 @@ pub struct WorkerArgs {
     #[arg(long, env = "GENARM_METRICS_LISTEN", value_name = "HOST:PORT")]
     pub metrics_listen: Option<String>,
 
+    /// On SIGTERM/SIGINT the worker drains: it deregisters from etcd, reports NOT_SERVING,
+    /// refuses new connections, and gives in-flight calls (Step, Release) this many seconds to
+    /// finish before it exits.
+    #[arg(long, env = "GENARM_SHUTDOWN_TIMEOUT", value_name = "SECS", default_value_t = 10)]
+    pub shutdown_timeout: u64,
+
     /// etcd registration (`--etcd`, `--cluster`, `--advertise`, `--lease-ttl-secs`).
     #[command(flatten)]
     pub discovery: crate::discovery::DiscoveryArgs,
@@ -147,6 +153,7 @@ mod tests {
         assert_eq!(a.kv_block_size, 16);
         assert_eq!(a.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
         assert_eq!(a.metrics_listen, None);
+        assert_eq!(a.shutdown_timeout, 10);
         let cli = Cli::try_parse_from([
             "w", "--model", "m", "--listen", "[::1]:9", "--tp", "2", "--device", "cuda:1", "--dtype", "bf16",
         ])

@@ -28,6 +28,8 @@ pub struct WorkerConfig {
     pub role: WorkerRole,
     /// etcd registration settings.
     pub discovery: crate::discovery::DiscoveryArgs,
+    /// How long in-flight calls may take to finish after SIGTERM/SIGINT (`--shutdown-timeout`).
+    pub shutdown_timeout: std::time::Duration,
 }
 
 impl WorkerConfig {
@@ -72,6 +74,7 @@ impl WorkerConfig {
             metrics_listen: args.metrics_listen,
             role,
             discovery: args.discovery,
+            shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
         })
     }
 

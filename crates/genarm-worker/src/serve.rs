@@ -5,7 +5,6 @@
 use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use genarm_model::ModelAssets;
 use genarm_proto::v1::worker_server::WorkerServer;
@@ -24,9 +23,6 @@ use crate::shutdown::shutdown_signal;
 
 /// The start of the line a worker prints on stdout once bound: `GENARM_LISTENING grpc <ip:port>`.
 pub const LISTENING_PREFIX: &str = "GENARM_LISTENING grpc";
-
-/// How long in-flight calls may take to finish after a shutdown signal.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The whole life of a worker process: opens the model (failing fast on a bad path), binds
 /// `config.listen`, prints the `GENARM_LISTENING grpc <addr>` line, then [`serve`]s until
@@ -79,6 +75,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     let info = build_info(&assets, &config);
+    let drain_timeout = config.shutdown_timeout;
     // The address registered in etcd (checked before loading: a wildcard needs --advertise).
     let advertise = match &config.discovery.etcd {
         Some(_) => {
@@ -163,10 +160,10 @@ pub async fn serve(
     }
     set_health(&reporter, ServingStatus::NotServing).await;
     let _ = stop_tx.send(());
-    match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
+    match tokio::time::timeout(drain_timeout, server).await {
         Ok(r) => r?,
         Err(_) => {
-            tracing::warn!(timeout_s = DRAIN_TIMEOUT.as_secs(), "in-flight calls did not finish; exiting")
+            tracing::warn!(timeout_s = drain_timeout.as_secs(), "in-flight calls did not finish; exiting")
         }
     }
     outcome

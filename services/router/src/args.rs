@@ -27,7 +27,9 @@ pub struct Args {
 
     /// A reward model as NAME=URL, e.g. `helpful=http://127.0.0.1:50052`. Repeat the flag for
     /// several reward models (the env variable takes a comma-separated list). NAME must match the
-    /// worker's own `--name`; requests refer to it in `guidance.rewards`. With --etcd, NAME alone
+    /// worker's own `--name`; requests refer to it in `guidance.rewards`. Repeating a NAME with
+    /// another URL adds a replica: each sequence is placed on the least loaded replica and fails
+    /// over to another (replaying its tokens) if its replica fails. With --etcd, NAME alone
     /// declares a reward model whose workers are found in etcd: the router serves exactly the
     /// reward names given here, is ready when the base and each of them has a ready worker, and
     /// ignores (with a log line) workers registered under other reward names.
@@ -108,10 +110,15 @@ pub struct Args {
     #[arg(long, env = "GENARM_MAX_MESSAGE_BYTES", value_name = "BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_message_bytes: usize,
 
-    /// On SIGTERM/SIGINT: seconds granted to in-flight requests to finish before they are
-    /// cancelled (and their KV released on every worker).
-    #[arg(long, env = "GENARM_SHUTDOWN_GRACE_SECS", value_name = "SECS", default_value_t = 10)]
-    pub shutdown_grace_secs: u64,
+    /// On SIGTERM/SIGINT the router drains: new requests get 503 with `Retry-After`, `/ready`
+    /// answers 503 (`/health` stays 200), and in-flight requests get this many seconds to finish
+    /// before they are cancelled (and their KV released on every worker). Default 10.
+    #[arg(long, env = "GENARM_SHUTDOWN_TIMEOUT", value_name = "SECS")]
+    pub shutdown_timeout: Option<u64>,
+
+    /// Older name of --shutdown-timeout (used when --shutdown-timeout is not given).
+    #[arg(long, env = "GENARM_SHUTDOWN_GRACE_SECS", value_name = "SECS")]
+    pub shutdown_grace_secs: Option<u64>,
 }
 
 /// One `--rm NAME=URL` (or `--rm NAME` with --etcd).
@@ -180,18 +187,31 @@ fn parse_guidance(s: &str) -> Result<DefaultGuidance, String> {
 }
 
 impl Args {
+    /// The drain timeout: `--shutdown-timeout`, else `--shutdown-grace-secs`, else 10 s.
+    pub fn shutdown_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.shutdown_timeout.or(self.shutdown_grace_secs).unwrap_or(10))
+    }
+
     /// Checks what clap cannot: distinct reward names, a sane β, default guidance over known
     /// reward names, a non-zero queue.
     pub fn validate(&self) -> Result<(), String> {
+        // A repeated name with different URLs gives replicas of that reward model.
+        let mut given: Vec<(&str, Option<&str>)> =
+            self.rms.iter().map(|r| (r.name.as_str(), r.url.as_deref())).collect();
+        given.sort_unstable();
+        if let Some(w) = given.windows(2).find(|w| w[0] == w[1]) {
+            return Err(match w[0].1 {
+                Some(url) => format!(
+                    "--rm {}={url} is given twice; give each replica's URL once (repeat --rm NAME=URL \
+                     with different URLs for replicas)",
+                    w[0].0
+                ),
+                None => format!("--rm {} is given twice", w[0].0),
+            });
+        }
         let mut names: Vec<&str> = self.rms.iter().map(|r| r.name.as_str()).collect();
         names.sort_unstable();
-        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-            return Err(format!(
-                "--rm {} is given twice; replicas of one reward model are not supported yet, give each \
-                 reward model once",
-                w[0]
-            ));
-        }
+        names.dedup();
         if !(self.default_beta.is_finite() && self.default_beta > 0.0) {
             return Err(format!("--default-beta must be a finite number > 0, got {}", self.default_beta));
         }
@@ -266,6 +286,19 @@ mod tests {
     }
 
     #[test]
+    fn shutdown_timeout_and_its_older_name() {
+        let t = |extra: &[&str]| {
+            let mut v = vec!["--base", "http://h:1"];
+            v.extend_from_slice(extra);
+            parse(&v).unwrap().shutdown_timeout().as_secs()
+        };
+        assert_eq!(t(&[]), 10);
+        assert_eq!(t(&["--shutdown-timeout", "3"]), 3);
+        assert_eq!(t(&["--shutdown-grace-secs", "4"]), 4);
+        assert_eq!(t(&["--shutdown-timeout", "3", "--shutdown-grace-secs", "4"]), 3);
+    }
+
+    #[test]
     fn reward_workers_and_guidance() {
         let a = parse(&[
             "--base",
@@ -296,6 +329,8 @@ mod tests {
         assert!(parse(&["--base", "http://h:1", "--rm", "a=ftp://x"]).is_err());
         assert!(parse(&["--base", "http://h:1", "--default-guidance", "a=x"]).is_err());
         let a = parse(&["--base", "http://h:1", "--rm", "a=http://h:2", "--rm", "a=http://h:3"]).unwrap();
+        a.validate().expect("replicas of one reward model");
+        let a = parse(&["--base", "http://h:1", "--rm", "a=http://h:2", "--rm", "a=http://h:2"]).unwrap();
         assert!(a.validate().unwrap_err().contains("twice"));
         let a = parse(&["--base", "http://h:1", "--default-guidance", "zz=1"]).unwrap();
         assert!(a.validate().unwrap_err().contains("zz"));

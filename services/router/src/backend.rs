@@ -33,6 +33,9 @@ pub enum SeqErrorKind {
     KvExhausted,
     /// Malformed input (a router bug or a model limit).
     Invalid,
+    /// The replica holding the sequence failed (connection lost, removed from the cluster);
+    /// another replica of the model is ready: replay the sequence from position 0 (a failover).
+    ReplicaLost,
 }
 
 /// A worker's answer for one sequence of a step.

@@ -43,6 +43,13 @@ pub enum RouterError {
         /// What is unavailable.
         message: String,
     },
+    /// The router received SIGTERM/SIGINT and is draining: in-flight requests finish, new ones
+    /// are refused (503 with `Retry-After`) so that the client retries on another replica.
+    #[error("the router is draining (shutting down): it admits no new requests while in-flight ones finish; retry on another replica after {retry_after_secs} s")]
+    Draining {
+        /// The `Retry-After` value, in seconds.
+        retry_after_secs: u64,
+    },
     /// A worker failed while serving this request (503), naming the worker.
     #[error("{worker} failed: {message}")]
     WorkerFailed {
@@ -111,7 +118,9 @@ impl RouterError {
             Self::ModelNotFound { .. } => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable { .. } | Self::WorkerFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::Draining { .. } | Self::WorkerFailed { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::UnknownRoute { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -128,6 +137,7 @@ impl RouterError {
             Self::PayloadTooLarge { .. } => ("invalid_request_error", Some("request_too_large"), None),
             Self::Overloaded { .. } => ("rate_limit_error", Some("overloaded"), None),
             Self::Unavailable { .. } => ("service_unavailable_error", Some("not_ready"), None),
+            Self::Draining { .. } => ("service_unavailable_error", Some("draining"), None),
             Self::WorkerFailed { .. } => ("service_unavailable_error", Some("worker_failed"), None),
             Self::UnknownRoute { .. } => ("invalid_request_error", Some("unknown_route"), None),
             Self::MethodNotAllowed { .. } => ("invalid_request_error", Some("method_not_allowed"), None),
@@ -140,6 +150,12 @@ impl RouterError {
 impl IntoResponse for RouterError {
     fn into_response(self) -> Response {
         let status = self.status();
+        if let Self::Draining { retry_after_secs } = &self {
+            tracing::debug!(status = status.as_u16(), "draining: request refused");
+            let retry = retry_after_secs.to_string();
+            return (status, [(axum::http::header::RETRY_AFTER, retry)], axum::Json(self.body()))
+                .into_response();
+        }
         if matches!(self, Self::Unavailable { .. }) {
             // Expected while workers load or restart (and polled by readiness probes).
             tracing::debug!(status = status.as_u16(), error = %self, "not available");
@@ -190,5 +206,16 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(RouterError::Internal("x".into()).status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn draining_is_a_503_with_retry_after() {
+        let e = RouterError::Draining { retry_after_secs: 2 };
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(json(&e)["error"]["code"], "draining");
+        assert!(json(&e)["error"]["message"].as_str().unwrap().contains("draining"));
+        let r = e.into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[axum::http::header::RETRY_AFTER], "2");
     }
 }

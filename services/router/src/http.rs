@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use axum::body::Bytes;
@@ -52,8 +52,10 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// The body size limit (for the 413 message).
     pub max_body_bytes: usize,
-    /// Set on SIGTERM/SIGINT: new requests get 503.
+    /// Set on SIGTERM/SIGINT: new requests get 503 with `Retry-After` (the drain).
     pub shutting_down: AtomicBool,
+    /// Requests whose response (body included, for streams) is not finished yet.
+    pub in_flight: Arc<AtomicUsize>,
     /// The router's start (Unix seconds), for `/v1/models`.
     pub created: u64,
 }
@@ -66,13 +68,14 @@ impl AppState {
             metrics,
             max_body_bytes,
             shutting_down: AtomicBool::new(false),
+            in_flight: Arc::new(AtomicUsize::new(0)),
             created: unix_now(),
         }
     }
 
     fn core(&self) -> Result<&Core, RouterError> {
         if self.shutting_down.load(Ordering::SeqCst) {
-            return Err(RouterError::Unavailable { message: "the router is shutting down".into() });
+            return Err(RouterError::Draining { retry_after_secs: DRAIN_RETRY_AFTER_SECS });
         }
         self.core.get().ok_or_else(|| RouterError::Unavailable {
             message: "the router is still connecting to its workers (they may be loading their models); \
@@ -80,6 +83,45 @@ impl AppState {
                 .into(),
         })
     }
+}
+
+/// The `Retry-After` (seconds) of the 503 answered to new requests while the router drains.
+pub const DRAIN_RETRY_AFTER_SECS: u64 = 1;
+
+/// Counts one request in [`AppState::in_flight`] until dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        InFlight(Arc::clone(counter))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Middleware: a request counts as in flight until its response body is finished or dropped
+/// (a stream keeps its count while it runs), so that the drain knows when everything is done.
+async fn count_in_flight(
+    State(st): State<Arc<AppState>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let guard = InFlight::new(&st.in_flight);
+    let resp = next.run(req).await;
+    if axum::body::HttpBody::size_hint(resp.body()).exact().is_some() {
+        return resp; // A whole body in memory: done.
+    }
+    let (parts, body) = resp.into_parts();
+    let stream = futures::StreamExt::map(body.into_data_stream(), move |chunk| {
+        let _held = &guard;
+        chunk
+    });
+    Response::from_parts(parts, axum::body::Body::from_stream(stream))
 }
 
 /// The axum application.
@@ -95,6 +137,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), count_in_flight))
         .with_state(state)
 }
 

@@ -255,6 +255,30 @@ async fn a_worker_that_lost_its_sequences_is_replayed() {
 }
 
 #[tokio::test]
+async fn a_sequence_whose_replica_failed_is_replayed_without_advancing_the_sampler() {
+    let h = start(FakeBackend::new(2, V, 10_000), config());
+    let arms = vec![ArmRequest { model: 1, alpha: 1.0, prompt: vec![5, 6, 7] }];
+    // A seed whose sampled continuation is long enough to be interrupted.
+    let params = (0..200u64)
+        .map(|seed| SamplingParams { temperature: 1.0, top_p: None, top_k: None, seed })
+        .find(|p| reference_tokens(&[5, 6], &arms, *p, 40).len() >= 12)
+        .expect("a seed with a long continuation");
+    let mut rx = h.handle.submit(request(vec![5, 6], arms.clone(), params, 40)).unwrap();
+    let mut tokens = Vec::new();
+    while tokens.len() < 5 {
+        match rx.recv().await {
+            Some(Event::Token { token, .. }) => tokens.push(token),
+            other => panic!("the request ended early: {:?}", other.is_some()),
+        }
+    }
+    h.backend.state(1).lose_next = true;
+    let (tokens, _, fin) = collect_after(rx, tokens).await;
+    assert!(fin.is_ok());
+    assert_eq!(tokens, reference_tokens(&[5, 6], &arms, params, 40));
+    assert!(h.stats.replays.load(Ordering::Relaxed) >= 1, "the lost sequence was replayed");
+}
+
+#[tokio::test]
 async fn a_failing_arm_fails_only_the_requests_that_use_it() {
     let mut backend = FakeBackend::new(2, V, 10_000);
     backend.delay = Duration::from_millis(5);

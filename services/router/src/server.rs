@@ -1,7 +1,8 @@
 //! Wiring: metrics recorder, HTTP listener (bound first, announced with
 //! `GENARM_LISTENING http <addr>`, `/ready` false meanwhile), worker connection and cluster
-//! checks, the scheduler actor, and graceful shutdown on SIGTERM/SIGINT (stop admitting, give
-//! in-flight requests `--shutdown-grace-secs`, then cancel them and release their KV).
+//! checks, the scheduler actor, and the drain on SIGTERM/SIGINT (new requests get 503 with
+//! `Retry-After` while the listener stays open, in-flight requests get `--shutdown-timeout` to
+//! finish, then the rest are cancelled and their KV released; then the server stops).
 
 use std::future::IntoFuture as _;
 use std::io::Write as _;
@@ -66,6 +67,18 @@ async fn until_true(mut rx: watch::Receiver<bool>) {
     }
 }
 
+/// Waits until no request is in flight; false if `timeout` passes first.
+async fn drained(in_flight: &std::sync::atomic::AtomicUsize, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while in_flight.load(Ordering::SeqCst) > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
 /// Runs the router until SIGTERM/SIGINT. Errors: bad flags, a port that cannot be bound, or
 /// workers that fail the startup checks (the message names the flag or the models).
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -91,10 +104,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = signal_tx.send(true);
     });
+    // The server keeps accepting during the drain (answering 503 + Retry-After); it stops
+    // when `stop_tx` says so, once the drain is over.
+    let (stop_tx, stop_rx) = watch::channel(false);
     let app = router(Arc::clone(&state));
-    let mut serve = tokio::spawn(
-        axum::serve(listener, app).with_graceful_shutdown(until_true(signal_rx.clone())).into_future(),
-    );
+    let mut serve =
+        tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(until_true(stop_rx)).into_future());
 
     let wcfg = WorkersConfig {
         base_url: args.base.clone(),
@@ -177,13 +192,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     state.shutting_down.store(true, Ordering::SeqCst);
-    let grace = Duration::from_secs(args.shutdown_grace_secs);
-    if !serve.is_finished() && tokio::time::timeout(grace, &mut serve).await.is_err() {
-        tracing::warn!(?grace, "requests still running after the grace period: cancelling them");
+    let timeout = args.shutdown_timeout();
+    let in_flight = Arc::clone(&state.in_flight);
+    tracing::info!(?timeout, in_flight = in_flight.load(Ordering::SeqCst), "draining: refusing new requests");
+    if !drained(&in_flight, timeout).await {
+        tracing::warn!(
+            ?timeout,
+            in_flight = in_flight.load(Ordering::SeqCst),
+            "requests still running after --shutdown-timeout: cancelling them"
+        );
         let _ = abort_tx.send(true);
-        if tokio::time::timeout(Duration::from_secs(5), &mut serve).await.is_err() {
-            tracing::warn!("connections still open: exiting anyway");
-        }
+        drained(&in_flight, Duration::from_secs(2)).await;
+    }
+    tracing::info!("drained: stopping the HTTP server");
+    let _ = stop_tx.send(true);
+    if !serve.is_finished() && tokio::time::timeout(Duration::from_secs(5), &mut serve).await.is_err() {
+        tracing::warn!("connections still open: exiting anyway");
     }
     // Let the scheduler release what it holds, briefly.
     let _ = abort_tx.send(true);

@@ -116,14 +116,27 @@ impl<B: StepBackend> Scheduler<B> {
                         }
                     }
                     SeqOutcome::Error {
-                        kind: kind @ (SeqErrorKind::UnknownSequence | SeqErrorKind::PositionMismatch),
+                        kind:
+                            kind @ (SeqErrorKind::UnknownSequence
+                            | SeqErrorKind::PositionMismatch
+                            | SeqErrorKind::ReplicaLost),
                         message,
                     } => {
                         seq.replays += 1;
                         self.stats.replays.fetch_add(1, Ordering::Relaxed);
                         self.metrics.replays.increment(1);
-                        tracing::info!(request_id = %seq.request_id, seq_id = seq.id, worker = %self.backend.display_name(m),
-                            ?kind, %message, "worker lost the sequence: replaying it");
+                        if kind == SeqErrorKind::ReplicaLost {
+                            // Replayed on another ready replica: prompt + generated tokens; the
+                            // sampler does not advance until every model's logits are in.
+                            self.metrics.failovers.increment(1);
+                            tracing::warn!(request_id = %seq.request_id, seq_id = seq.id,
+                                worker = %self.backend.display_name(m), generated = seq.generated.len(),
+                                attempt = seq.replays, %message, "replica failed: failing the sequence over by replay");
+                        } else {
+                            tracing::info!(request_id = %seq.request_id, seq_id = seq.id,
+                                worker = %self.backend.display_name(m), ?kind, %message,
+                                "worker lost the sequence: replaying it");
+                        }
                         let sm = &mut seq.models[slot];
                         sm.pos = 0;
                         sm.logits = None;

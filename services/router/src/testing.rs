@@ -49,6 +49,9 @@ pub struct FakeState {
     pub nan_next: bool,
     /// Forget every sequence before the next step (a restarted worker).
     pub forget_next: bool,
+    /// On the next step, lose every sequence and answer REPLICA_LOST for the ones it held (a
+    /// replica that failed while another one is ready).
+    pub lose_next: bool,
     /// Released ids.
     pub released: Vec<u64>,
 }
@@ -128,11 +131,20 @@ impl StepBackend for FakeBackend {
         if std::mem::take(&mut st.forget_next) {
             st.held.clear();
         }
+        let lost: Vec<u64> = if std::mem::take(&mut st.lose_next) {
+            st.held.drain().map(|(id, _)| id).collect()
+        } else {
+            vec![]
+        };
         let nan = std::mem::take(&mut st.nan_next);
         let mut out = Vec::with_capacity(seqs.len());
         for s in seqs {
             let held_len = st.held.get(&s.seq_id).map(Vec::len);
             let err = |kind, message: &str| SeqOutcome::Error { kind, message: message.to_string() };
+            if lost.contains(&s.seq_id) {
+                out.push(err(SeqErrorKind::ReplicaLost, "replica failed"));
+                continue;
+            }
             match held_len {
                 None if s.start_pos > 0 => {
                     out.push(err(SeqErrorKind::UnknownSequence, "unknown sequence"));

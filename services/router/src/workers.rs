@@ -7,15 +7,23 @@
 //! (DESIGN invariant 6). At startup the first worker of each slot that passes fixes the
 //! [`Catalog`] (V = the base tokenizer's size, effective context = min of max positions); later
 //! members must serve the same model as their slot (a refusal is logged naming both models). A
-//! static worker that fails at startup is fatal; a discovered one is refused and logged. The
-//! first ready member of a slot serves its steps; others stand by (replicas with replay come
-//! later). A monitor task per member tracks its health: a failed call or health check marks it
-//! not ready, and it is probed again until it answers as the same model. A slot is ready while
-//! it has a ready member. `Workers` is the real [`StepBackend`].
+//! static worker that fails at startup is fatal (every static worker, replicas included, is
+//! checked before the router is ready); a discovered one is refused and logged. The ready
+//! members of a slot share its sequences (see below). A monitor task per member tracks its
+//! health: a failed call or health check marks it not ready, and it is probed again until it
+//! answers as the same model. A slot is ready while it has a ready member. `Workers` is the
+//! real [`StepBackend`].
+//!
+//! Replicas: every ready member of a slot serves steps. A new sequence (start position 0) is
+//! placed on the ready member holding the fewest sequences and stays there (its KV lives there).
+//! When that member fails (a failed call, removed from the cluster, found down by its monitor),
+//! its sequences are answered [`SeqErrorKind::ReplicaLost`] while another member is ready, and
+//! the step loop replays them from position 0 on a ready one (failover); with no ready member
+//! left the call fails as a whole, as with a single worker.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
@@ -205,8 +213,8 @@ struct Member {
     wake: Notify,
 }
 
-/// One model of the catalog (backend index) and the workers serving it. The first ready member
-/// serves the steps; further members stand by (replicas with replay come later).
+/// One model of the catalog (backend index) and the workers serving it (replicas): each
+/// sequence is placed on one ready member.
 struct Slot {
     /// `base-worker` or `rm-worker "NAME"`.
     label: String,
@@ -215,11 +223,41 @@ struct Slot {
     /// What every member must report.
     identity: Identity,
     members: RwLock<Vec<Arc<Member>>>,
+    /// Sequence id → the member holding its KV.
+    placements: Mutex<HashMap<u64, Arc<Member>>>,
+    /// Rotates the choice among equally loaded members.
+    turn: AtomicUsize,
+}
+
+impl Member {
+    /// Ready and still in the pool.
+    fn usable(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && !self.removed.load(Ordering::SeqCst)
+    }
 }
 
 impl Slot {
     fn members(&self) -> Vec<Arc<Member>> {
         self.members.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn placements(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Member>>> {
+        self.placements.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The ready member holding the fewest sequences; ties taken in turn (round robin).
+    fn least_loaded(&self, placements: &HashMap<u64, Arc<Member>>) -> Option<Arc<Member>> {
+        let mut ready: Vec<Arc<Member>> = self.members().into_iter().filter(|m| m.usable()).collect();
+        if ready.is_empty() {
+            return None;
+        }
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed) % ready.len();
+        ready.rotate_left(turn);
+        ready.into_iter().min_by_key(|m| placements.values().filter(|p| Arc::ptr_eq(p, m)).count())
+    }
+
+    fn any_usable(&self) -> bool {
+        self.members().iter().any(|m| m.usable())
     }
 
     /// The member steps go to: the first ready one.
@@ -571,6 +609,10 @@ impl Membership {
                     }
                 }
             }
+            // Every static worker (replicas included) is checked before the router is ready.
+            if self.probing.keys().any(|k| self.known.get(k).is_some_and(|c| c.is_static)) {
+                continue;
+            }
             // Choose: the first base, then per reward name the first that matches the base.
             let Some(bi) = probed.iter().position(|p| p.cand.slot == 0) else { continue };
             let vocab = probed[bi].entry.text.vocab_size();
@@ -725,13 +767,12 @@ fn admit(w: &Arc<Workers>, weak: &Weak<Workers>, c: Candidate, info: &InfoRespon
     });
     let mut members = slot.members.write().unwrap_or_else(|e| e.into_inner());
     members.retain(|m| m.key != c.key);
-    let standby = members.iter().any(|m| m.ready.load(Ordering::SeqCst));
     members.push(Arc::clone(&member));
+    let replicas = members.len();
     drop(members);
     log_connected(&what, info);
-    if standby {
-        tracing::warn!(worker = %what, "another worker already serves {}: this one stands by and takes over \
-            when that one leaves (replicas with load balancing come later)", slot.label);
+    if replicas > 1 {
+        tracing::info!(worker = %what, replicas, "replica added to {}", slot.label);
     }
     tokio::spawn(monitor(weak.clone(), c.slot, member));
 }
@@ -759,7 +800,7 @@ impl Workers {
         for (name, url) in &cfg.rms {
             if let Some(url) = url {
                 let slot = slot_names.iter().position(|n| n.as_deref() == Some(name)).unwrap_or(0);
-                let key = format!("--rm {name}");
+                let key = format!("--rm {name}={url}");
                 let _ = tx.send(Event::Added(Candidate { key, url: url.clone(), slot, is_static: true }));
             }
         }
@@ -831,6 +872,8 @@ impl Workers {
                 reward_name: p.info.reward_name.clone(),
                 identity: Identity::of(&p.info),
                 members: RwLock::new(vec![member]),
+                placements: Mutex::new(HashMap::new()),
+                turn: AtomicUsize::new(0),
             });
         }
         let workers =
@@ -838,7 +881,11 @@ impl Workers {
         for (m, member) in members.into_iter().enumerate() {
             tokio::spawn(monitor(Arc::downgrade(&workers), m, member));
         }
-        tokio::spawn(ms.live(rx, Arc::downgrade(&workers), rest));
+        // The other workers already checked (replicas) join before the router is ready.
+        for p in rest {
+            admit(&workers, &Arc::downgrade(&workers), p.cand, &p.info, &ms);
+        }
+        tokio::spawn(ms.live(rx, Arc::downgrade(&workers), Vec::new()));
         Ok(workers)
     }
 
@@ -928,7 +975,158 @@ impl StepBackend for Workers {
         dtype: WireDtype,
     ) -> Result<Vec<SeqOutcome>, CallError> {
         let slot = self.slots.get(model).ok_or_else(|| CallError(format!("no worker #{model}")))?;
-        let member = slot.active().ok_or_else(|| CallError(format!("{} has no ready worker", slot.label)))?;
+        let n = seqs.len();
+        let mut outcomes: Vec<Option<SeqOutcome>> = vec![None; n];
+        // Place each sequence: sticky on the member holding it; new ones on the least loaded.
+        let mut groups: Vec<PlacedGroup> = Vec::new();
+        // Sequences left on a member that is down but still in the pool: released there in the
+        // background, in case it only missed a health check.
+        let mut orphans: Vec<(Arc<Member>, u64)> = Vec::new();
+        {
+            let mut placements = slot.placements();
+            for (i, s) in seqs.into_iter().enumerate() {
+                let member = match placements.get(&s.seq_id) {
+                    Some(m) if m.usable() => Arc::clone(m),
+                    placed => {
+                        let lost = placed.map(|m| m.url.clone());
+                        if let Some(m) = placements.remove(&s.seq_id) {
+                            if !m.removed.load(Ordering::SeqCst) {
+                                orphans.push((m, s.seq_id));
+                            }
+                        }
+                        if s.start_pos != 0 {
+                            let at = lost.map(|u| format!(" at {u}")).unwrap_or_default();
+                            outcomes[i] = Some(SeqOutcome::Error {
+                                kind: SeqErrorKind::ReplicaLost,
+                                message: format!("the {} replica{at} holding it is gone", slot.label),
+                            });
+                            continue;
+                        }
+                        let m = slot
+                            .least_loaded(&placements)
+                            .ok_or_else(|| CallError(format!("{} has no ready worker", slot.label)))?;
+                        placements.insert(s.seq_id, Arc::clone(&m));
+                        m
+                    }
+                };
+                match groups.iter_mut().find(|(m, _)| Arc::ptr_eq(m, &member)) {
+                    Some((_, g)) => g.push((i, s)),
+                    None => groups.push((member, vec![(i, s)])),
+                }
+            }
+        }
+        for (m, id) in orphans {
+            let mut client = m.client.clone();
+            tokio::spawn(async move {
+                let release = client.release(ReleaseRequest { seq_ids: vec![id] });
+                let _ = tokio::time::timeout(Duration::from_secs(10), release).await;
+            });
+        }
+        if groups.is_empty() && !slot.any_usable() {
+            return Err(CallError(format!("{} has no ready worker", slot.label)));
+        }
+        let calls = groups.into_iter().map(|(member, group)| async move {
+            let (idx, steps): (Vec<usize>, Vec<SeqStep>) = group.into_iter().unzip();
+            let r = self.step_on(slot, &member, steps, logits_len, dtype).await;
+            (member, idx, r)
+        });
+        let mut last_error = None;
+        for (member, idx, r) in futures::future::join_all(calls).await {
+            match r {
+                Ok(outs) => {
+                    for (i, o) in idx.into_iter().zip(outs) {
+                        outcomes[i] = Some(o);
+                    }
+                }
+                Err(e) => {
+                    if member.ready.swap(false, Ordering::SeqCst) {
+                        tracing::error!(worker = %slot.label, model = %slot.model_id, url = %member.url,
+                            error = %e.0, "worker call failed: marked not ready");
+                    }
+                    member.wake.notify_one();
+                    let mut dropped = Vec::new();
+                    slot.placements().retain(|&id, m| {
+                        let keep = !Arc::ptr_eq(m, &member);
+                        if !keep {
+                            dropped.push(id);
+                        }
+                        keep
+                    });
+                    if !member.removed.load(Ordering::SeqCst) {
+                        // Best effort, in case the worker is alive (a timeout): free their KV.
+                        let mut client = member.client.clone();
+                        tokio::spawn(async move {
+                            let release = client.release(ReleaseRequest { seq_ids: dropped });
+                            let _ = tokio::time::timeout(Duration::from_secs(10), release).await;
+                        });
+                    }
+                    for i in idx {
+                        outcomes[i] = Some(SeqOutcome::Error {
+                            kind: SeqErrorKind::ReplicaLost,
+                            message: format!("the {} replica at {} failed: {}", slot.label, member.url, e.0),
+                        });
+                    }
+                    last_error = Some(e);
+                }
+            }
+        }
+        if let Some(e) = last_error {
+            if !slot.any_usable() {
+                // No replica left to fail over to: the call fails as a whole.
+                return Err(e);
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or(SeqOutcome::Error { kind: SeqErrorKind::Invalid, message: "no outcome".into() })
+            })
+            .collect())
+    }
+
+    async fn release(&self, model: ModelIndex, seq_ids: Vec<u64>) -> Result<(), CallError> {
+        let slot = self.slots.get(model).ok_or_else(|| CallError(format!("no worker #{model}")))?;
+        let timeout = self.call_timeout.min(Duration::from_secs(10));
+        // Each sequence on the member holding it; unplaced ones live nowhere.
+        let mut groups: Vec<(Arc<Member>, Vec<u64>)> = Vec::new();
+        {
+            let mut placements = slot.placements();
+            for id in seq_ids {
+                let Some(m) = placements.remove(&id) else { continue };
+                if !m.usable() {
+                    continue;
+                }
+                match groups.iter_mut().find(|(g, _)| Arc::ptr_eq(g, &m)) {
+                    Some((_, ids)) => ids.push(id),
+                    None => groups.push((m, vec![id])),
+                }
+            }
+        }
+        let mut first = Ok(());
+        for (m, ids) in groups {
+            let mut client = m.client.clone();
+            let r = tokio::time::timeout(timeout, client.release(ReleaseRequest { seq_ids: ids }))
+                .await
+                .map_err(|_| CallError(format!("no answer to Release within {timeout:?}")))
+                .and_then(|r| r.map_err(|s| CallError(describe_status(&s))));
+            if first.is_ok() {
+                first = r.map(|_| ());
+            }
+        }
+        first
+    }
+}
+
+impl Workers {
+    /// One `Step` call on one member; per-sequence outcomes in order.
+    async fn step_on(
+        &self,
+        slot: &Slot,
+        member: &Member,
+        seqs: Vec<SeqStep>,
+        logits_len: u32,
+        dtype: WireDtype,
+    ) -> Result<Vec<SeqOutcome>, CallError> {
         let ids: Vec<u64> = seqs.iter().map(|s| s.seq_id).collect();
         let req = StepRequest {
             reward_name: slot.reward_name.clone(),
@@ -973,28 +1171,10 @@ impl StepBackend for Workers {
             })
             .collect()
     }
-
-    async fn release(&self, model: ModelIndex, seq_ids: Vec<u64>) -> Result<(), CallError> {
-        let slot = self.slots.get(model).ok_or_else(|| CallError(format!("no worker #{model}")))?;
-        let timeout = self.call_timeout.min(Duration::from_secs(10));
-        // Every ready member: a sequence may live on a member that stood in before.
-        let members: Vec<Arc<Member>> =
-            slot.members().into_iter().filter(|m| m.ready.load(Ordering::SeqCst)).collect();
-        let mut first = Ok(());
-        for (i, m) in members.iter().enumerate() {
-            let mut client = m.client.clone();
-            let r =
-                tokio::time::timeout(timeout, client.release(ReleaseRequest { seq_ids: seq_ids.clone() }))
-                    .await
-                    .map_err(|_| CallError(format!("no answer to Release within {timeout:?}")))
-                    .and_then(|r| r.map_err(|s| CallError(describe_status(&s))));
-            if i == 0 {
-                first = r.map(|_| ());
-            }
-        }
-        first
-    }
 }
+
+/// The sequences of one step placed on one member: (index in the step, the sequence).
+type PlacedGroup = (Arc<Member>, Vec<(usize, SeqStep)>);
 
 /// The proto enum for a wire dtype.
 pub fn proto_dtype(d: WireDtype) -> LogitsDtype {

@@ -1,0 +1,216 @@
+//! Failover by replay: with two replicas of an ARM, killing (SIGKILL) the replica that holds a
+//! long guided request mid-generation, or killing and restarting it (empty KV) on the same
+//! port, lets the request finish with text identical to an undisturbed run (greedy, checked
+//! against the in-process reference too, and seeded sampling); the router counts it in
+//! `genarm_failovers_total`. Real processes on loopback.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use genarm_testkit::cluster::genarm_command;
+use serde_json::{json, Value};
+
+const ARM: &str = "llama-gqa-tied";
+const TOKENS: usize = 200;
+const PROMPT: &str = "Once upon a time";
+
+fn start() -> Cluster {
+    Cluster::start(ClusterSpec {
+        base: fixture(BASE),
+        rms: vec![("gqa".into(), fixture(ARM)), ("gqa".into(), fixture(ARM))],
+        router_args: ["--worker-reprobe-ms", "200"].map(String::from).to_vec(),
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn greedy_body() -> Value {
+    with_guidance(completion(PROMPT, TOKENS), &[("gqa", 1.0)], 1.0)
+}
+
+fn seeded_body() -> Value {
+    let body = json!({
+        "model": BASE, "prompt": PROMPT, "max_tokens": TOKENS,
+        "temperature": 0.8, "top_p": 0.95, "top_k": 200, "seed": 4242,
+    });
+    with_guidance(body, &[("gqa", 1.0)], 1.0)
+}
+
+/// Appends the text of the stream's remaining events; panics on an error event; returns
+/// whether `[DONE]` ended it.
+fn read_rest(s: &mut EventStream, text: &mut String, limit: Option<usize>) -> bool {
+    let mut events = 0;
+    while let Some(data) = s.next_data().unwrap_or_else(|e| panic!("reading the stream: {e:#}")) {
+        if data == "[DONE]" {
+            return true;
+        }
+        let v: Value = serde_json::from_str(&data).unwrap_or_else(|e| panic!("event {data:?}: {e}"));
+        assert!(v.get("error").is_none(), "error event in the stream: {v}");
+        if let Some(t) = v["choices"][0]["text"].as_str() {
+            text.push_str(t);
+        }
+        events += 1;
+        if limit.is_some_and(|l| events >= l) {
+            return false;
+        }
+    }
+    false
+}
+
+/// The index (in `cluster.rms`) of the replica holding the running request's sequence.
+fn holder(cluster: &Cluster) -> usize {
+    let urls: Vec<String> = cluster.rm_grpc_urls("gqa");
+    let mut found = None;
+    let held = poll_until(Duration::from_secs(5), || {
+        found = urls.iter().position(|u| stats(u).sequences > 0);
+        found.is_some()
+    });
+    assert!(held, "no replica holds the request's sequence (did it finish already?)");
+    found.unwrap()
+}
+
+/// A counter of the router's `/metrics`.
+fn counter(cluster: &Cluster, name: &str) -> f64 {
+    let r = http::get(&cluster.url("/metrics")).unwrap();
+    let text = r.text();
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the router's metrics:\n{text}"))
+}
+
+/// The router's `genarm_failovers_total`.
+fn failovers(cluster: &Cluster) -> f64 {
+    counter(cluster, "genarm_failovers_total")
+}
+
+/// Starts a new rm-worker for "gqa" on replica `idx`'s address (its KV empty) and waits until
+/// the router has had time to see it ready again.
+fn restart(cluster: &mut Cluster, idx: usize) {
+    let url = cluster.rm_grpc_urls("gqa")[idx].clone();
+    let addr = url.strip_prefix("http://").unwrap();
+    let mut command = genarm_command("genarm-rm-worker").unwrap();
+    command.env("CANDLE_NUM_THREADS", "1").arg("--model").arg(fixture(ARM));
+    command.args(["--name", "gqa", "--listen", addr]);
+    let mut worker = ChildProcess::spawn("rm-worker gqa (restarted)", command).unwrap();
+    worker.wait_listening(Instant::now() + Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e:#}"));
+    cluster.rms[idx].1 = worker;
+}
+
+/// Runs `body` streamed; after a few tokens, `act` gets the replica holding it. Returns the text
+/// and that replica.
+fn disturbed(cluster: &mut Cluster, body: &Value, act: impl FnOnce(&mut Cluster, usize)) -> (String, usize) {
+    let mut body = body.clone();
+    body["stream"] = json!(true);
+    let mut s = EventStream::post_json(&cluster.url("/v1/completions"), &body).unwrap();
+    assert_eq!(s.status, 200);
+    let mut text = String::new();
+    assert!(!read_rest(&mut s, &mut text, Some(4)), "the request ended before the replica was disturbed");
+    let idx = holder(cluster);
+    act(cluster, idx);
+    assert!(read_rest(&mut s, &mut text, None), "the stream ended without [DONE]");
+    (text, idx)
+}
+
+#[test]
+fn a_request_survives_losing_its_replica_with_identical_text() {
+    let _serial = serial();
+    let mut cluster = start();
+    let base = RefModel::load(&fixture(BASE));
+    let gqa = RefModel::load(&fixture(ARM));
+    let reference = greedy(&base, &[(&gqa, 1.0)], &base.encode(PROMPT), TOKENS);
+    let steps_before: Vec<u64> = cluster.rm_grpc_urls("gqa").iter().map(|u| stats(u).steps).collect();
+    let want_greedy = stream(&cluster, "/v1/completions", greedy_body()).text;
+    if reference.min_margin > 1e-3 {
+        assert_eq!(want_greedy, base.decode(&reference.ids), "undisturbed run vs. the reference");
+    }
+    let want_seeded = stream(&cluster, "/v1/completions", seeded_body()).text;
+    assert_eq!(failovers(&cluster), 0.0);
+    // New sequences are balanced: the two requests went to different replicas.
+    for (url, before) in cluster.rm_grpc_urls("gqa").iter().zip(steps_before) {
+        assert!(stats(url).steps > before, "replica {url} got no sequence of the two requests");
+    }
+
+    // Greedy: SIGKILL the replica holding the sequence.
+    let (got, killed) = disturbed(&mut cluster, &greedy_body(), |c, idx| {
+        c.rms[idx].1.kill();
+    });
+    assert_eq!(got, want_greedy, "greedy text after a failover");
+    assert!(failovers(&cluster) >= 1.0, "genarm_failovers_total should count the failover");
+    restart(&mut cluster, killed);
+    // Let the router re-probe the restarted replica (every 200 ms) before the next failover.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // Seeded sampling: the sampler must not advance while the sequence is replayed.
+    let before = failovers(&cluster);
+    let (got, killed) = disturbed(&mut cluster, &seeded_body(), |c, idx| {
+        c.rms[idx].1.kill();
+    });
+    assert_eq!(got, want_seeded, "seeded text after a failover");
+    assert!(failovers(&cluster) > before, "genarm_failovers_total should count the second failover");
+
+    // Restart with an empty KV on the same port, mid-request.
+    restart(&mut cluster, killed);
+    std::thread::sleep(Duration::from_millis(1500));
+    let replays = |c: &Cluster| counter(c, "genarm_replays_total");
+    let replays_before = replays(&cluster);
+    let (got, _) = disturbed(&mut cluster, &greedy_body(), |c, idx| {
+        c.rms[idx].1.kill();
+        restart(c, idx);
+    });
+    assert_eq!(got, want_greedy, "greedy text after its replica restarted");
+    assert!(replays(&cluster) > replays_before, "the sequence should have been replayed");
+
+    // Both replicas serve again, and nothing is left on any worker.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(stream(&cluster, "/v1/completions", greedy_body()).text, want_greedy);
+    for url in cluster.worker_grpc_urls() {
+        assert!(
+            poll_until(Duration::from_secs(2), || stats(&url).sequences == 0),
+            "{url} still holds sequences after every request ended"
+        );
+    }
+}
+
+#[test]
+fn launch_starts_a_replica_per_repeated_reward_name() {
+    let _serial = serial();
+    let rm = format!("gqa={}", fixture(ARM).display());
+    let mut command = genarm_command("genarm").unwrap();
+    command.env("CANDLE_NUM_THREADS", "1").arg("launch").args(["--port", "0", "--quiet"]);
+    command.arg("--base").arg(fixture(BASE)).args(["--rm", &rm, "--rm", &rm]);
+    let mut launcher = ChildProcess::spawn("genarm launch", command).unwrap();
+    let addr = launcher
+        .wait_listening(Instant::now() + Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let banner = launcher.stdout_lines().join("\n");
+    // `  rm-worker gqa pid N grpc http://ADDR`, once per replica.
+    let replicas: Vec<String> = launcher
+        .stdout_lines()
+        .iter()
+        .filter(|l| l.trim_start().starts_with("rm-worker gqa") && l.contains(" pid "))
+        .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+        .collect();
+    assert_eq!(replicas.len(), 2, "two rm-workers for gqa:\n{banner}");
+    assert_ne!(replicas[0], replicas[1]);
+    assert!(banner.contains("rm-worker gqa #2"), "the second replica's label:\n{banner}");
+    let url = format!("http://{addr}");
+    assert_eq!(http::get(&format!("{url}/ready")).unwrap().status, 200);
+    // Two requests in turn: one per replica.
+    let before: Vec<u64> = replicas.iter().map(|r| stats(r).steps).collect();
+    for _ in 0..2 {
+        let body = with_guidance(completion(PROMPT, 4), &[("gqa", 1.0)], 1.0);
+        let r = http::post_json(&format!("{url}/v1/completions"), &body).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    for (replica, before) in replicas.iter().zip(before) {
+        assert!(stats(replica).steps > before, "replica {replica} served no step:\n{banner}");
+    }
+    launcher.signal_group(libc::SIGTERM);
+    let status =
+        launcher.wait_exit(Instant::now() + Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(status.success(), "launcher exit: {status}\n{}", launcher.log_tail(40));
+}
