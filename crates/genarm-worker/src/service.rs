@@ -11,6 +11,7 @@ use genarm_proto::v1::{
     StepResponse,
 };
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::role::WorkerRole;
 use crate::stats::{CountersSnapshot, StepCounters};
@@ -145,16 +146,22 @@ impl WorkerService {
 
 #[tonic::async_trait]
 impl Worker for WorkerService {
-    async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
-        Ok(Response::new(self.handle_info().await))
+    async fn info(&self, request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        let span = tracing::info_span!("worker.info");
+        genarm_telemetry::set_parent_from(&span, request.metadata());
+        Ok(Response::new(self.handle_info().instrument(span).await))
     }
 
     async fn step(&self, request: Request<StepRequest>) -> Result<Response<StepResponse>, Status> {
-        self.handle_step(request.into_inner()).await.map(Response::new)
+        let span = tracing::info_span!("worker.step", seqs = request.get_ref().seqs.len());
+        genarm_telemetry::set_parent_from(&span, request.metadata());
+        self.handle_step(request.into_inner()).instrument(span).await.map(Response::new)
     }
 
     async fn release(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {
-        self.handle_release(request.into_inner()).await.map(Response::new)
+        let span = tracing::info_span!("worker.release", seqs = request.get_ref().seq_ids.len());
+        genarm_telemetry::set_parent_from(&span, request.metadata());
+        self.handle_release(request.into_inner()).instrument(span).await.map(Response::new)
     }
 
     async fn stats(&self, _request: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {

@@ -140,6 +140,8 @@ pub(crate) struct Submitted {
     events: mpsc::UnboundedSender<Event>,
     permit: OwnedSemaphorePermit,
     received: Instant,
+    /// The submitting handler's span (the request's trace); steps link to it.
+    span: tracing::Span,
 }
 
 /// The handlers' side of the scheduler: submit requests, get their events.
@@ -170,7 +172,7 @@ impl SchedulerHandle {
             .map_err(|_| RouterError::Overloaded { waiting: self.max_waiting })?;
         let (events, rx) = mpsc::unbounded_channel();
         self.tx
-            .send(Submitted { req, events, permit, received })
+            .send(Submitted { req, events, permit, received, span: tracing::Span::current() })
             .map_err(|_| RouterError::Unavailable { message: "the router is shutting down".into() })?;
         Ok(rx)
     }
@@ -219,6 +221,8 @@ pub(crate) struct Seq {
     pub received: Instant,
     /// When its last token was sampled (inter-token latency).
     pub last_token: Option<Instant>,
+    /// The request's span (from its HTTP handler); each step's span links to it.
+    pub span: tracing::Span,
 }
 
 impl Seq {
@@ -388,7 +392,7 @@ impl<B: StepBackend> Scheduler<B> {
     /// Turns a submission into a waiting sequence (or fails it at once if its sampler is
     /// invalid, which validation prevents).
     fn enqueue(&mut self, s: Submitted) {
-        let Submitted { req, events, permit, received } = s;
+        let Submitted { req, events, permit, received, span } = s;
         let sampler = match Sampler::new(req.sampling) {
             Ok(s) => s,
             Err(e) => {
@@ -425,6 +429,7 @@ impl<B: StepBackend> Scheduler<B> {
             prefilling: true,
             received,
             last_token: None,
+            span,
         });
     }
 

@@ -28,10 +28,15 @@ enum Fate {
 
 impl<B: StepBackend> Scheduler<B> {
     /// Runs one step of the running batch (see the module docs).
+    #[tracing::instrument(name = "router.step", skip_all, fields(batch = self.running.len()))]
     pub(crate) async fn step(&mut self) {
         let n_models = self.backend.num_models();
         let batch = self.running.len() as u64;
         let step_started = Instant::now();
+        // A step serves many requests: its span (its own trace) links to each request's span.
+        for seq in &self.running {
+            tracing::Span::current().follows_from(&seq.span);
+        }
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
         self.stats.max_batch.fetch_max(batch, Ordering::Relaxed);
         self.metrics.steps.increment(1);

@@ -41,6 +41,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
+use tracing::Instrument as _;
 
 use crate::backend::{CallError, ModelIndex, SeqErrorKind, SeqOutcome, SeqStep, StepBackend, WorkerHealth};
 
@@ -1105,7 +1106,10 @@ impl StepBackend for Workers {
         let mut first = Ok(());
         for (m, ids) in groups {
             let mut client = m.client.clone();
-            let r = tokio::time::timeout(timeout, client.release(ReleaseRequest { seq_ids: ids }))
+            let span = tracing::info_span!("router.worker_release", worker = %slot.label, url = %m.url);
+            let request = span.in_scope(|| genarm_telemetry::traced_request(ReleaseRequest { seq_ids: ids }));
+            let r = tokio::time::timeout(timeout, client.release(request))
+                .instrument(span)
                 .await
                 .map_err(|_| CallError(format!("no answer to Release within {timeout:?}")))
                 .and_then(|r| r.map_err(|s| CallError(describe_status(&s))));
@@ -1119,6 +1123,8 @@ impl StepBackend for Workers {
 
 impl Workers {
     /// One `Step` call on one member; per-sequence outcomes in order.
+    #[tracing::instrument(name = "router.worker_step", skip_all,
+        fields(worker = %slot.label, url = %member.url, seqs = seqs.len()))]
     async fn step_on(
         &self,
         slot: &Slot,
@@ -1142,11 +1148,12 @@ impl Workers {
             logits_len,
         };
         let mut client = member.client.clone();
-        let resp = tokio::time::timeout(self.call_timeout, client.step(req))
-            .await
-            .map_err(|_| CallError(format!("no answer to Step within {:?}", self.call_timeout)))?
-            .map_err(|s| CallError(describe_status(&s)))?
-            .into_inner();
+        let resp =
+            tokio::time::timeout(self.call_timeout, client.step(genarm_telemetry::traced_request(req)))
+                .await
+                .map_err(|_| CallError(format!("no answer to Step within {:?}", self.call_timeout)))?
+                .map_err(|s| CallError(describe_status(&s)))?
+                .into_inner();
         if resp.results.len() != ids.len() {
             return Err(CallError(format!(
                 "answered {} results for a step of {} sequences",
