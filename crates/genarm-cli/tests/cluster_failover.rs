@@ -2,7 +2,9 @@
 //! long guided request mid-generation, or killing and restarting it (empty KV) on the same
 //! port, lets the request finish with text identical to an undisturbed run (greedy, checked
 //! against the in-process reference too, and seeded sampling); the router counts it in
-//! `genarm_failovers_total`. Real processes on loopback.
+//! `genarm_failovers_total`. A base-worker restarted on the same port within the router's
+//! restart grace period lets a greedy request finish with identical text; past the grace period
+//! it fails with a 503-class error naming the base. Real processes on loopback.
 
 mod common;
 
@@ -213,4 +215,88 @@ fn launch_starts_a_replica_per_repeated_reward_name() {
     let status =
         launcher.wait_exit(Instant::now() + Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e:#}"));
     assert!(status.success(), "launcher exit: {status}\n{}", launcher.log_tail(40));
+}
+
+/// A base-only cluster whose router waits `grace` seconds for a lost base-worker.
+fn start_base_only(grace: &str) -> Cluster {
+    Cluster::start(ClusterSpec {
+        base: fixture(BASE),
+        router_args: ["--worker-reprobe-ms", "200", "--worker-restart-grace-secs", grace]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Starts a new base-worker on the base's address (its KV empty).
+fn restart_base(cluster: &mut Cluster) {
+    let url = cluster.base_grpc_url();
+    let addr = url.strip_prefix("http://").unwrap();
+    let mut command = genarm_command("genarm-base-worker").unwrap();
+    command.env("CANDLE_NUM_THREADS", "1").arg("--model").arg(fixture(BASE));
+    command.args(["--listen", addr]);
+    let mut worker = ChildProcess::spawn("base-worker (restarted)", command).unwrap();
+    worker.wait_listening(Instant::now() + Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e:#}"));
+    cluster.base = worker;
+}
+
+/// Opens a greedy stream and reads its first few events.
+fn open_greedy_stream(cluster: &Cluster) -> (EventStream, String) {
+    let mut body = completion(PROMPT, TOKENS);
+    body["stream"] = json!(true);
+    let mut s = EventStream::post_json(&cluster.url("/v1/completions"), &body).unwrap();
+    assert_eq!(s.status, 200);
+    let mut text = String::new();
+    assert!(!read_rest(&mut s, &mut text, Some(4)), "the request ended before the base-worker was disturbed");
+    (s, text)
+}
+
+#[test]
+fn a_request_survives_a_base_worker_restart_within_the_grace_period() {
+    let _serial = serial();
+    let mut cluster = start_base_only("30");
+    let want = stream(&cluster, "/v1/completions", completion(PROMPT, TOKENS)).text;
+    let started = Instant::now();
+    let (mut s, mut text) = open_greedy_stream(&cluster);
+    cluster.base.kill();
+    restart_base(&mut cluster);
+    assert!(read_rest(&mut s, &mut text, None), "the stream ended without [DONE]");
+    eprintln!("disturbed request took {:?}", started.elapsed());
+    assert_eq!(text, want, "greedy text after the base-worker restarted");
+    assert!(counter(&cluster, "genarm_replays_total") >= 1.0, "the sequence should have been replayed");
+    assert!(
+        poll_until(Duration::from_secs(2), || stats(&cluster.base_grpc_url()).sequences == 0),
+        "the restarted base-worker still holds sequences"
+    );
+}
+
+#[test]
+fn past_the_grace_period_a_lost_base_worker_fails_the_request_with_503() {
+    let _serial = serial();
+    let mut cluster = start_base_only("1");
+    let (mut s, _) = open_greedy_stream(&cluster);
+    let started = Instant::now();
+    cluster.base.kill();
+    let mut error = None;
+    while let Some(data) = s.next_data().unwrap_or_else(|e| panic!("reading the stream: {e:#}")) {
+        let v: Value = serde_json::from_str(&data).unwrap_or_default();
+        if v.get("error").is_some() {
+            error = Some(v);
+            break;
+        }
+    }
+    let took = started.elapsed();
+    let error = error.expect("the request should end with an error event");
+    assert!(took < Duration::from_secs(15), "failed after {took:?} with a grace period of 1 s");
+    let message = error["error"]["message"].as_str().unwrap_or_default();
+    assert_eq!(error["error"]["type"], "service_unavailable_error", "{error}");
+    for word in ["base", BASE, "grace period of 1 s"] {
+        assert!(message.contains(word), "the error should name `{word}`: {message}");
+    }
+    // The router keeps serving once the base is back.
+    restart_base(&mut cluster);
+    cluster.wait_ready(Instant::now() + Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e:#}"));
+    let r = http::post_json(&cluster.url("/v1/completions"), &completion(PROMPT, 8)).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
 }

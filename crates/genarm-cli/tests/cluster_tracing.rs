@@ -131,4 +131,11 @@ fn one_trace_spans_router_and_workers() {
         .find(|s| s.service == "genarm-router" && step.links.contains(&s.span_id))
         .unwrap_or_else(|| panic!("the step links to no router span: {step:?}\n{spans:?}"));
     assert_eq!(request.name, "completions", "{request:?}");
+    // The request's queue wait (admission to its first step) is a child of its span.
+    let queue_wait = spans
+        .iter()
+        .find(|s| s.service == "genarm-router" && s.name == "router.queue_wait")
+        .unwrap_or_else(|| panic!("no router.queue_wait span: {spans:?}"));
+    assert_eq!(queue_wait.parent, request.span_id, "{queue_wait:?} vs. {request:?}");
+    assert_eq!(queue_wait.trace_id, request.trace_id, "{queue_wait:?}");
 }

@@ -47,7 +47,10 @@ fn killing_an_rm_worker_fails_only_the_requests_that_use_it() {
     let mut cluster = Cluster::start(ClusterSpec {
         base: fixture(BASE),
         rms: vec![("gqa".into(), fixture("llama-gqa-tied")), ("qwen".into(), fixture("qwen2-bias"))],
-        router_args: ["--worker-reprobe-ms", "200"].map(String::from).to_vec(),
+        // No restart grace: requests using a dead worker fail at once.
+        router_args: ["--worker-reprobe-ms", "200", "--worker-restart-grace-secs", "0"]
+            .map(String::from)
+            .to_vec(),
         ..Default::default()
     })
     .unwrap_or_else(|e| panic!("{e:#}"));

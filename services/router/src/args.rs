@@ -77,6 +77,16 @@ pub struct Args {
     #[arg(long, env = "GENARM_MAX_WAITING", value_name = "N", default_value_t = 256)]
     pub max_waiting: usize,
 
+    /// Worker restart grace period: when a model slot (the base or a reward name) loses its last
+    /// ready worker, the running requests that use it are not failed at once: they get no steps
+    /// (other requests keep running) until a worker for that slot is ready again (the same URL
+    /// restarted, or a newcomer via etcd); then their sequences are replayed from position 0 and
+    /// they continue with identical output. Past the grace period they fail with HTTP 503
+    /// naming the worker. New requests needing a slot with no ready worker get HTTP 503 at once
+    /// (they are not queued). 0 fails running requests at once too.
+    #[arg(long, env = "GENARM_WORKER_RESTART_GRACE_SECS", value_name = "SECS", default_value_t = 30)]
+    pub worker_restart_grace_secs: u64,
+
     /// Largest accepted request body in bytes (larger bodies get HTTP 413).
     #[arg(long, env = "GENARM_MAX_BODY_BYTES", value_name = "BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -279,6 +289,7 @@ mod tests {
         assert_eq!(a.max_batch_size, 32);
         assert_eq!(a.max_batch_tokens, 4096);
         assert_eq!(a.max_waiting, 256);
+        assert_eq!(a.worker_restart_grace_secs, 30);
         assert_eq!(a.max_body_bytes, 4 << 20);
         assert_eq!(a.logits_dtype, LogitsDtypeArg::F32);
         assert!(a.rms.is_empty());

@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use genarm_fusion::{Sampler, SamplingParams, WireDtype};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -223,6 +223,10 @@ pub(crate) struct Seq {
     pub last_token: Option<Instant>,
     /// The request's span (from its HTTP handler); each step's span links to it.
     pub span: tracing::Span,
+    /// `router.queue_wait`, a child of `span`, open from admission to the first step.
+    pub queue_wait: Option<tracing::Span>,
+    /// Since when a model slot it needs has had no ready worker (restart grace period).
+    pub outage_since: Option<Instant>,
 }
 
 impl Seq {
@@ -291,6 +295,9 @@ pub struct Scheduler<B: StepBackend> {
     pub(crate) stats: Arc<SchedulerStats>,
     /// Prometheus handles.
     pub(crate) metrics: SchedMetrics,
+    /// How long a running request waits for a model slot that lost its last ready worker to
+    /// get one back before it fails (zero: fails at once).
+    pub(crate) restart_grace: Duration,
 }
 
 /// Counters the scheduler keeps (also exported as metrics).
@@ -337,6 +344,7 @@ impl<B: StepBackend> Scheduler<B> {
             fused,
             stats: Arc::new(SchedulerStats::default()),
             metrics,
+            restart_grace: Duration::ZERO,
         };
         (sched, handle)
     }
@@ -345,6 +353,14 @@ impl<B: StepBackend> Scheduler<B> {
     /// [`crate::telemetry::worker_labels`]).
     pub fn with_worker_labels(mut self, labels: &[(String, String)]) -> Self {
         self.metrics.set_worker_labels(labels);
+        self
+    }
+
+    /// Sets the worker restart grace period: a running request whose model slot lost its last
+    /// ready worker waits up to `grace` for one to be ready again, then is replayed from
+    /// position 0 on it (zero, the default: it fails at once).
+    pub fn with_restart_grace(mut self, grace: Duration) -> Self {
+        self.restart_grace = grace;
         self
     }
 
@@ -413,6 +429,7 @@ impl<B: StepBackend> Scheduler<B> {
         }
         let arrival = self.next_arrival;
         self.next_arrival += 1;
+        let queue_wait = Some(tracing::info_span!(parent: &span, "router.queue_wait"));
         self.waiting.push_back(Seq {
             id: self.next_seq_id.fetch_add(1, Ordering::Relaxed),
             arrival,
@@ -430,6 +447,8 @@ impl<B: StepBackend> Scheduler<B> {
             received,
             last_token: None,
             span,
+            queue_wait,
+            outage_since: None,
         });
     }
 

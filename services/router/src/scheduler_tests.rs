@@ -8,6 +8,7 @@ use std::time::Duration;
 use genarm_fusion::{SamplingParams, WireDtype};
 use tokio::sync::{mpsc, watch};
 
+use crate::backend::WorkerHealth as _;
 use crate::error::RouterError;
 use crate::scheduler::{
     ArmRequest, Event, FinishReason, GenRequest, Scheduler, SchedulerConfig, SchedulerHandle, SchedulerStats,
@@ -403,4 +404,71 @@ async fn abort_fails_everything_and_releases() {
     assert!(matches!(fin, Err(RouterError::Unavailable { .. })));
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(backend.state(0).held.is_empty());
+}
+
+fn start_with_grace(backend: FakeBackend, cfg: SchedulerConfig, grace: Duration) -> Harness {
+    let backend = Arc::new(backend);
+    let (abort_tx, abort) = watch::channel(false);
+    let (sched, handle) = Scheduler::new(Arc::clone(&backend), cfg, abort);
+    let sched = sched.with_restart_grace(grace);
+    let stats = sched.stats();
+    tokio::spawn(sched.run());
+    Harness { backend, handle, stats, _abort: abort_tx }
+}
+
+#[tokio::test]
+async fn within_the_restart_grace_a_request_waits_for_its_worker_and_replays() {
+    let mut backend = FakeBackend::new(2, V, 10_000);
+    backend.delay = Duration::from_millis(2);
+    let h = start_with_grace(backend, config(), Duration::from_secs(10));
+    let arms = vec![ArmRequest { model: 1, alpha: 1.0, prompt: vec![5, 6, 7] }];
+    let params = (0..200u64)
+        .map(|seed| SamplingParams { temperature: 1.0, top_p: None, top_k: None, seed })
+        .find(|p| reference_tokens(&[5, 6], &arms, *p, 40).len() >= 12)
+        .expect("a seed with a long continuation");
+    let want = reference_tokens(&[5, 6], &arms, params, 40);
+    let mut rx = h.handle.submit(request(vec![5, 6], arms.clone(), params, 40)).unwrap();
+    let mut tokens = Vec::new();
+    while tokens.len() < 3 {
+        match rx.recv().await {
+            Some(Event::Token { token, .. }) => tokens.push(token),
+            other => panic!("the request ended early: {:?}", other.is_some()),
+        }
+    }
+    // The ARM's only worker dies (its KV is lost) and comes back 200 ms later.
+    {
+        let mut st = h.backend.state(1);
+        st.fail_calls = 1;
+        st.forget_next = true;
+    }
+    // Meanwhile an unguided request is served.
+    let plain = h.handle.submit(request(vec![1, 2], vec![], greedy(), 5)).unwrap();
+    let backend = Arc::clone(&h.backend);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        backend.models[1].ready.store(true, Ordering::SeqCst);
+    });
+    let (_, _, fin) = collect_after(plain, Vec::new()).await;
+    assert!(fin.is_ok(), "the unguided request should not wait: {fin:?}");
+    let (tokens, _, fin) = collect_after(rx, tokens).await;
+    assert!(fin.is_ok(), "{fin:?}");
+    assert_eq!(tokens, want);
+    assert!(h.stats.replays.load(Ordering::Relaxed) >= 1, "the sequence was replayed");
+}
+
+#[tokio::test]
+async fn past_the_restart_grace_a_request_fails_naming_the_worker() {
+    let mut backend = FakeBackend::new(2, V, 10_000);
+    backend.delay = Duration::from_millis(2);
+    let h = start_with_grace(backend, config(), Duration::from_millis(100));
+    let arms = vec![ArmRequest { model: 1, alpha: 1.0, prompt: vec![1, 2] }];
+    let rx = h.handle.submit(request(vec![1, 2], arms, greedy(), 1000)).unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.backend.state(1).fail_calls = 1;
+    let (_, _, fin) = collect_after(rx, Vec::new()).await;
+    let err = fin.expect_err("the request should fail past the grace period");
+    assert!(matches!(err, RouterError::WorkerFailed { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("grace period of 0.1 s"), "{message}");
+    assert!(message.contains(&h.backend.display_name(1)), "{message}");
 }

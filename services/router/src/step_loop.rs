@@ -1,7 +1,8 @@
 //! One step of the running batch: send each model's new tokens to its worker (the base and,
 //! concurrently, exactly the ARMs the batch's requests need), handle per-sequence worker errors
 //! (replay, KV exhaustion → requeue or preempt the youngest, worker failure → fail only the
-//! requests that used it), then for each sequence whose logits are all in: unpack, fuse
+//! requests that used it, or with a restart grace period hold them without steps until a worker
+//! of that model is ready again and replay them there, failing them past the period), then for each sequence whose logits are all in: unpack, fuse
 //! (DESIGN §1), sample with its own sampler, detokenize, check EOS / stop strings / max_tokens,
 //! and emit events. Finished, failed and preempted sequences are released on every worker.
 
@@ -46,7 +47,38 @@ impl<B: StepBackend> Scheduler<B> {
         let mut targets: Vec<Vec<(usize, usize)>> = vec![Vec::new(); n_models];
         let mut payloads: Vec<Vec<SeqStep>> = vec![Vec::new(); n_models];
         let mut stuck: BTreeMap<usize, Fate> = BTreeMap::new();
-        for (si, seq) in self.running.iter().enumerate() {
+        let grace = self.restart_grace;
+        let mut on_hold = 0usize;
+        for (si, seq) in self.running.iter_mut().enumerate() {
+            if !grace.is_zero() {
+                // Restart grace: a sequence whose model slot has no ready worker gets no step
+                // until one is ready again (then it is replayed), or fails past the grace period.
+                if let Some(m) = seq.models.iter().map(|m| m.model).find(|&m| !self.backend.is_ready(m)) {
+                    let since = *seq.outage_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > grace {
+                        stuck.insert(
+                            si,
+                            Fate::Fail(RouterError::WorkerFailed {
+                                worker: self.backend.display_name(m),
+                                message: format!(
+                                    "no ready worker came back within the restart grace period of {} s \
+                                     (--worker-restart-grace-secs)",
+                                    grace.as_secs_f64()
+                                ),
+                            }),
+                        );
+                    } else {
+                        on_hold += 1;
+                    }
+                    continue;
+                }
+                if seq.outage_since.take().is_some() {
+                    tracing::info!(request_id = %seq.request_id, seq_id = seq.id,
+                        "worker ready again: resuming the request by replay");
+                }
+            }
+            // The first step of a request ends its queue wait.
+            seq.queue_wait = None;
             for (slot, sm) in seq.models.iter().enumerate() {
                 let target = seq.target_len(slot);
                 if sm.logits.is_some() {
@@ -86,6 +118,11 @@ impl<B: StepBackend> Scheduler<B> {
             }
         });
         let results = futures::future::join_all(calls).await;
+        if results.is_empty() && stuck.is_empty() && on_hold > 0 {
+            // Every running request waits for a worker to come back: don't spin.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            return;
+        }
 
         // 3. Per-sequence outcomes.
         let mut fates: BTreeMap<usize, Fate> = stuck;
@@ -194,10 +231,41 @@ impl<B: StepBackend> Scheduler<B> {
 
     /// A worker call failed as a whole: every sequence of this step that used it fails; the
     /// worker is marked not ready.
-    fn worker_failed(&self, m: usize, msg: &str, list: &[(usize, usize)], fates: &mut BTreeMap<usize, Fate>) {
+    fn worker_failed(
+        &mut self,
+        m: usize,
+        msg: &str,
+        list: &[(usize, usize)],
+        fates: &mut BTreeMap<usize, Fate>,
+    ) {
         let name = self.backend.display_name(m);
         tracing::error!(worker = %name, error = %msg, sequences = list.len(), "worker step failed");
         self.backend.mark_failed(m, msg);
+        if !self.restart_grace.is_zero() {
+            // Restart grace: the sequences wait for a ready worker, then replay from position 0
+            // (a worker that keeps failing fails them after MAX_REPLAYS).
+            for &(si, slot) in list {
+                let seq = &mut self.running[si];
+                seq.replays += 1;
+                if seq.replays > MAX_REPLAYS {
+                    fates.entry(si).or_insert(Fate::Fail(RouterError::WorkerFailed {
+                        worker: name.clone(),
+                        message: format!(
+                            "failed {} times while serving this request (last: {msg})",
+                            seq.replays
+                        ),
+                    }));
+                    continue;
+                }
+                seq.outage_since.get_or_insert_with(Instant::now);
+                self.stats.replays.fetch_add(1, Ordering::Relaxed);
+                self.metrics.replays.increment(1);
+                let sm = &mut seq.models[slot];
+                sm.pos = 0;
+                sm.logits = None;
+            }
+            return;
+        }
         for &(si, _) in list {
             fates.entry(si).or_insert(Fate::Fail(RouterError::WorkerFailed {
                 worker: name.clone(),

@@ -19,7 +19,8 @@
 //! When that member fails (a failed call, removed from the cluster, found down by its monitor),
 //! its sequences are answered [`SeqErrorKind::ReplicaLost`] while another member is ready, and
 //! the step loop replays them from position 0 on a ready one (failover); with no ready member
-//! left the call fails as a whole, as with a single worker.
+//! left the call fails as a whole, as with a single worker (the scheduler then holds the
+//! affected requests for `--worker-restart-grace-secs` and replays them once a member is ready).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
