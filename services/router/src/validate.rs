@@ -404,7 +404,6 @@ pub fn prepare_chat(
             text.encode_prompt(&rendered).map_err(|e| text_error(e, "messages"))
         })
         .collect::<Result<_, _>>()?;
-    check_prompts_nonempty(&prompts, catalog, &guidance, "prompt")?;
     check_prompts_nonempty(&prompts, catalog, &guidance, "messages")?;
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let max_tokens =
