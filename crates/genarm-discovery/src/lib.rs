@@ -3,7 +3,8 @@
 //! by a background task (re-registered if the lease is lost, revoked on deregistration); the
 //! router [`watch`]es `/genarm/<cluster>/workers/` and receives [`MembershipEvent`]s (an initial
 //! get, then a watch from the next revision; after a lost connection it gets and watches again,
-//! reporting only what changed).
+//! reporting only what changed). [`register_with`] and [`watch_with`] take [`EtcdSecurity`]:
+//! TLS and user/password authentication.
 #![warn(missing_docs)]
 
 use std::collections::BTreeMap;
@@ -24,7 +25,8 @@ const RETRY_PAUSE: Duration = Duration::from_millis(500);
 pub enum DiscoveryError {
     /// etcd did not answer.
     #[error(
-        "cannot reach etcd at {urls} (--etcd): {reason}; check that etcd runs and that the URLs are right"
+        "cannot reach etcd at {urls} (--etcd): {reason}; check that etcd runs and that the URLs are right \
+         (and --etcd-ca/--etcd-cert/--etcd-key/--etcd-user if etcd requires TLS or authentication)"
     )]
     Unreachable {
         /// The endpoints, comma-separated.
@@ -151,10 +153,35 @@ async fn call<T>(
     }
 }
 
-async fn connect(endpoints: &[String]) -> Result<Client, DiscoveryError> {
-    let opts = ConnectOptions::new()
+/// How to authenticate to etcd: TLS (CA, optional client identity) and a user/password. The
+/// default is plaintext without authentication. `Debug` never shows the password.
+#[derive(Clone, Default)]
+pub struct EtcdSecurity {
+    /// TLS options (needs https:// endpoints).
+    pub tls: Option<etcd_client::TlsOptions>,
+    /// `(user, password)` for etcd's role-based authentication.
+    pub user: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdSecurity")
+            .field("tls", &self.tls.is_some())
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .finish()
+    }
+}
+
+async fn connect(endpoints: &[String], security: &EtcdSecurity) -> Result<Client, DiscoveryError> {
+    let mut opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(3))
         .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+    if let Some(tls) = &security.tls {
+        opts = opts.with_tls(tls.clone());
+    }
+    if let Some((user, password)) = &security.user {
+        opts = opts.with_user(user.clone(), password.clone());
+    }
     call(endpoints, "connect", Client::connect(endpoints, Some(opts))).await
 }
 
@@ -217,24 +244,45 @@ pub async fn register(
     record: &WorkerRecord,
     ttl: Duration,
 ) -> Result<Registration, DiscoveryError> {
+    register_with(endpoints, &EtcdSecurity::default(), cluster, record, ttl).await
+}
+
+/// [`register`] with TLS and/or authentication.
+pub async fn register_with(
+    endpoints: &[String],
+    security: &EtcdSecurity,
+    cluster: &str,
+    record: &WorkerRecord,
+    ttl: Duration,
+) -> Result<Registration, DiscoveryError> {
     if endpoints.is_empty() {
         return Err(DiscoveryError::NoEndpoints);
     }
     let key = record.key(cluster)?;
     let value = serde_json::to_string(record).expect("a worker record serializes");
     let ttl = ttl.as_secs().max(1) as i64;
-    let mut client = connect(endpoints).await?;
+    let mut client = connect(endpoints, security).await?;
     let lease = grant_and_put(&mut client, endpoints, &key, &value, ttl).await?;
     tracing::info!(%key, lease, ttl, "registered in etcd");
     let (stop_tx, stop_rx) = oneshot::channel();
-    let task =
-        tokio::spawn(keep_registered(endpoints.to_vec(), client, key.clone(), value, ttl, lease, stop_rx));
+    let task = tokio::spawn(keep_registered(
+        endpoints.to_vec(),
+        security.clone(),
+        client,
+        key.clone(),
+        value,
+        ttl,
+        lease,
+        stop_rx,
+    ));
     Ok(Registration { key, stop: Some(stop_tx), task: Some(task) })
 }
 
 /// The registration task: keep-alives until `stop`, then revoke.
+#[allow(clippy::too_many_arguments)]
 async fn keep_registered(
     endpoints: Vec<String>,
+    security: EtcdSecurity,
     mut client: Client,
     key: String,
     value: String,
@@ -271,7 +319,7 @@ async fn keep_registered(
         // Register again (a new lease: the old one may have expired).
         let again = async {
             tokio::time::sleep(RETRY_PAUSE).await;
-            if let Ok(c) = connect(&endpoints).await {
+            if let Ok(c) = connect(&endpoints, &security).await {
                 client = c;
             }
             grant_and_put(&mut client, &endpoints, &key, &value, ttl).await
@@ -392,22 +440,41 @@ async fn get_prefix(
 /// every change. Errors if etcd cannot be reached now, naming the URLs; later connection losses
 /// are logged and healed (get again, report the difference, watch again).
 pub async fn watch(endpoints: &[String], prefix: &str) -> Result<Membership, DiscoveryError> {
+    watch_with(endpoints, &EtcdSecurity::default(), prefix).await
+}
+
+/// [`watch`] with TLS and/or authentication.
+pub async fn watch_with(
+    endpoints: &[String],
+    security: &EtcdSecurity,
+    prefix: &str,
+) -> Result<Membership, DiscoveryError> {
     if endpoints.is_empty() {
         return Err(DiscoveryError::NoEndpoints);
     }
-    let mut client = connect(endpoints).await?;
+    let mut client = connect(endpoints, security).await?;
     let (kvs, rev) = get_prefix(&mut client, endpoints, prefix).await?;
     let (tx, rx) = mpsc::channel(256);
     let mut known = Known::default();
     let mut first = Vec::new();
     known.snapshot(kvs, &mut first);
-    let task =
-        tokio::spawn(watch_task(endpoints.to_vec(), prefix.to_string(), client, known, first, rev, tx));
+    let task = tokio::spawn(watch_task(
+        endpoints.to_vec(),
+        security.clone(),
+        prefix.to_string(),
+        client,
+        known,
+        first,
+        rev,
+        tx,
+    ));
     Ok(Membership { rx, task })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn watch_task(
     endpoints: Vec<String>,
+    security: EtcdSecurity,
     prefix: String,
     mut client: Client,
     mut known: Known,
@@ -465,7 +532,7 @@ async fn watch_task(
             }
             tokio::time::sleep(RETRY_PAUSE).await;
             let snap = async {
-                let mut c = connect(&endpoints).await?;
+                let mut c = connect(&endpoints, &security).await?;
                 let r = get_prefix(&mut c, &endpoints, &prefix).await?;
                 Ok::<_, DiscoveryError>((c, r))
             };

@@ -1,10 +1,12 @@
-//! A model opened from disk: its config, its tensors, its tokenizer and chat template.
+//! A model opened from disk (HF directory, GGUF file, or LoRA adapter over either): its config,
+//! its tensors, its tokenizer and chat template.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
+use crate::lora::{LoraAdapter, LoraMergedSource, ADAPTER_CONFIG_FILE};
 use crate::weights::TensorSource;
 
 /// Everything a worker needs to tokenize for a model and to render its prompts.
@@ -56,10 +58,13 @@ impl ModelAssets {
         if !path.exists() {
             return Err(ModelError::MissingFile {
                 path: path.to_owned(),
-                hint:
-                    "pass a HF model directory (config.json, *.safetensors, tokenizer.json) or a .gguf file"
-                        .into(),
+                hint: "pass a HF model directory (config.json, *.safetensors, tokenizer.json), a .gguf file \
+                       or a LoRA adapter directory (adapter_config.json)"
+                    .into(),
             });
+        }
+        if crate::lora::is_adapter_dir(path) {
+            return Self::open_adapter_dir(path);
         }
         if path.is_file() {
             if path.extension().and_then(|e| e.to_str()) == Some("gguf") {
@@ -73,6 +78,71 @@ impl ModelAssets {
             });
         }
         crate::hf_dir::open(path)
+    }
+
+    /// Opens the backbone `model` (a HF directory or a `.gguf` file, not itself an adapter) with
+    /// the LoRA adapter directory `lora` merged in. The served name is the adapter directory's.
+    pub fn open_with_lora(model: &Path, lora: &Path) -> Result<Self> {
+        if crate::lora::is_adapter_dir(model) {
+            return Err(ModelError::BadFile {
+                path: model.to_owned(),
+                reason: "this is a LoRA adapter directory; with --lora pass its backbone as --model \
+                         (or pass the adapter alone as --model to use its base_model_name_or_path)"
+                    .into(),
+            });
+        }
+        let adapter = LoraAdapter::open(lora)?;
+        Self::open(model)?.with_lora(adapter, lora)
+    }
+
+    /// These assets with `adapter` (from directory `adapter_dir`, which also names the result)
+    /// merged into their weights; checks that the adapter fits the model.
+    pub fn with_lora(self, adapter: LoraAdapter, adapter_dir: &Path) -> Result<Self> {
+        let src = LoraMergedSource::new(self.tensors, Arc::new(adapter), adapter_dir);
+        src.validate(&self.config)?;
+        Ok(Self {
+            model_id: model_id_of(adapter_dir),
+            path: adapter_dir.to_owned(),
+            config: self.config,
+            tensors: Arc::new(src),
+            tokenizer: self.tokenizer,
+        })
+    }
+
+    /// Opens an adapter directory with the backbone its `base_model_name_or_path` names.
+    fn open_adapter_dir(dir: &Path) -> Result<Self> {
+        let cfg_path = dir.join(ADAPTER_CONFIG_FILE);
+        let adapter = LoraAdapter::open(dir)?;
+        let Some(id) = adapter.config.base_model_name_or_path.clone() else {
+            return Err(ModelError::BadFile {
+                path: cfg_path,
+                reason: "key \"base_model_name_or_path\" is missing, so the backbone is unknown: \
+                         pass --model BACKBONE --lora ADAPTER"
+                    .into(),
+            });
+        };
+        let given = Path::new(&id);
+        let backbone = if given.is_absolute() { given.to_owned() } else { dir.join(given) };
+        if id.is_empty() || !backbone.exists() {
+            return Err(ModelError::BadFile {
+                path: cfg_path,
+                reason: format!(
+                    "backbone '{id}' is not a local path: pass --model BACKBONE --lora ADAPTER \
+                     (base_model_name_or_path must be an existing directory or .gguf file, absolute or \
+                     relative to the adapter directory; genarm never downloads from the hub)"
+                ),
+            });
+        }
+        if crate::lora::is_adapter_dir(&backbone) {
+            return Err(ModelError::BadFile {
+                path: cfg_path,
+                reason: format!(
+                    "backbone '{id}' is itself a LoRA adapter; merge it first (genarm merge) and name the \
+                     merged directory in base_model_name_or_path"
+                ),
+            });
+        }
+        Self::open(&backbone)?.with_lora(adapter, dir)
     }
 }
 

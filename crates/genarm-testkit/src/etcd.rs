@@ -1,7 +1,8 @@
 //! Test-side etcd: [`EtcdServer`] runs a real single-member `etcd` (Debian's `etcd-server`
 //! package, `/usr/bin/etcd`, or `$GENARM_ETCD_BIN`) on free loopback ports with its own data
 //! directory, waits until it answers `/health`, and kills its process group and removes the data
-//! directory when dropped (process hygiene from [`crate::cluster::ChildProcess`]).
+//! directory when dropped (process hygiene from [`crate::cluster::ChildProcess`]). Fault tests
+//! [`EtcdServer::stop`] and [`EtcdServer::restart`] it on the same ports and data.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -17,6 +18,8 @@ pub struct EtcdServer {
     /// The etcd process (its output is kept for failure messages).
     pub process: ChildProcess,
     client_url: String,
+    peer_url: String,
+    bin: PathBuf,
     data_dir: PathBuf,
 }
 
@@ -58,30 +61,56 @@ impl EtcdServer {
         bail!("etcd did not start: {last}")
     }
 
-    fn try_start(bin: &PathBuf) -> Result<EtcdServer> {
+    fn try_start(bin: &std::path::Path) -> Result<EtcdServer> {
         let (client, peer) = (free_port()?, free_port()?);
         let data_dir =
             std::env::temp_dir().join(format!("genarm-etcd-{}-{client}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
         let client_url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let mut command = Command::new(bin);
-        command
-            .arg("--name")
-            .arg("genarm-test")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("genarm-test={peer_url}")])
-            .args(["--initial-cluster-state", "new", "--log-level", "warn"])
-            .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH);
-        let process = ChildProcess::spawn("etcd", command)?;
-        let mut server = EtcdServer { process, client_url, data_dir };
+        let process = ChildProcess::spawn("etcd", etcd_command(bin, &data_dir, &client_url, &peer_url))?;
+        let mut server = EtcdServer { process, client_url, peer_url, bin: bin.to_path_buf(), data_dir };
         server.wait_healthy(Instant::now() + Duration::from_secs(20))?;
         Ok(server)
     }
 
+    /// Kills etcd (SIGKILL, like a crash); its data stays for [`Self::restart`].
+    pub fn stop(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts etcd again on the same ports with the same data (after [`Self::stop`]) and waits
+    /// (up to 20 s) until it answers healthy.
+    pub fn restart(&mut self) -> Result<()> {
+        self.process.kill();
+        let command = etcd_command(&self.bin, &self.data_dir, &self.client_url, &self.peer_url);
+        self.process = ChildProcess::spawn("etcd (restarted)", command)?;
+        self.wait_healthy(Instant::now() + Duration::from_secs(20))
+    }
+}
+
+/// The etcd command line: one member named `genarm-test` on these URLs and data directory.
+fn etcd_command(
+    bin: &std::path::Path,
+    data_dir: &std::path::Path,
+    client_url: &str,
+    peer_url: &str,
+) -> Command {
+    let mut command = Command::new(bin);
+    command
+        .arg("--name")
+        .arg("genarm-test")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen-client-urls", client_url, "--advertise-client-urls", client_url])
+        .args(["--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url])
+        .args(["--initial-cluster", &format!("genarm-test={peer_url}")])
+        .args(["--initial-cluster-state", "new", "--log-level", "warn"])
+        .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH);
+    command
+}
+
+impl EtcdServer {
     fn wait_healthy(&mut self, deadline: Instant) -> Result<()> {
         let url = format!("{}/health", self.client_url);
         loop {

@@ -11,7 +11,9 @@
 pub mod cache;
 pub mod cluster;
 pub mod etcd;
+pub mod fault;
 mod hf_json;
+pub mod lora;
 mod rng;
 pub mod smollm2;
 mod spec;

@@ -14,9 +14,16 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 << 20;
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
     /// The model to serve: a Hugging Face model directory (config.json, *.safetensors,
-    /// tokenizer.json) or a .gguf file.
+    /// tokenizer.json), a .gguf file, or a PEFT LoRA adapter directory (adapter_config.json)
+    /// whose base_model_name_or_path is a local backbone path.
     #[arg(long, env = "GENARM_MODEL", value_name = "PATH")]
     pub model: PathBuf,
+
+    /// A PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors) merged
+    /// into --model's weights at load time; the model is then served under the adapter
+    /// directory's name. Use it when the adapter's base_model_name_or_path is a hub id.
+    #[arg(long, env = "GENARM_LORA", value_name = "DIR")]
+    pub lora: Option<PathBuf>,
 
     /// Address to serve gRPC on, as host:port (port 0 picks a free port; the bound address is
     /// printed on stdout as `GENARM_LISTENING grpc <ip:port>`).
@@ -69,9 +76,21 @@ pub struct WorkerArgs {
     #[arg(long, env = "GENARM_SHUTDOWN_TIMEOUT", value_name = "SECS", default_value_t = 10)]
     pub shutdown_timeout: u64,
 
+    /// Release a sequence no `Step` has reached for this many seconds: a router that stopped or
+    /// restarted leaves its sequences' KV cache behind. A background sweep frees them, logs
+    /// them and counts them (`Stats.orphans_released`, `genarm_worker_orphans_released_total`).
+    /// Keep it well above the router's step interval and --worker-restart-grace-secs; 0 never
+    /// releases.
+    #[arg(long, env = "GENARM_ORPHAN_TIMEOUT_SECS", value_name = "SECS", default_value_t = 300)]
+    pub orphan_timeout_secs: u64,
+
     /// etcd registration (`--etcd`, `--cluster`, `--advertise`, `--lease-ttl-secs`).
     #[command(flatten)]
     pub discovery: crate::discovery::DiscoveryArgs,
+
+    /// Mutual TLS (`--tls-cert`, `--tls-key`, `--tls-ca`, `--plaintext-health-listen`).
+    #[command(flatten)]
+    pub tls: genarm_tls::WorkerTlsArgs,
 }
 
 /// The `--dtype` values.
@@ -154,6 +173,7 @@ mod tests {
         assert_eq!(a.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
         assert_eq!(a.metrics_listen, None);
         assert_eq!(a.shutdown_timeout, 10);
+        assert_eq!(a.orphan_timeout_secs, 300);
         let cli = Cli::try_parse_from([
             "w", "--model", "m", "--listen", "[::1]:9", "--tp", "2", "--device", "cuda:1", "--dtype", "bf16",
         ])

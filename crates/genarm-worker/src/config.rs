@@ -14,6 +14,8 @@ use crate::role::{validate_reward_name, WorkerRole};
 pub struct WorkerConfig {
     /// The model directory or `.gguf` file.
     pub model: PathBuf,
+    /// A LoRA adapter directory merged into `model` (`--lora`).
+    pub lora: Option<PathBuf>,
     /// Where to listen, as `host:port`.
     pub listen: String,
     /// How the engine loads and runs the model.
@@ -28,8 +30,13 @@ pub struct WorkerConfig {
     pub role: WorkerRole,
     /// etcd registration settings.
     pub discovery: crate::discovery::DiscoveryArgs,
+    /// Mutual TLS flags (checked and read when serving starts).
+    pub tls: genarm_tls::WorkerTlsArgs,
     /// How long in-flight calls may take to finish after SIGTERM/SIGINT (`--shutdown-timeout`).
     pub shutdown_timeout: std::time::Duration,
+    /// Idle time after which a sequence is released as orphaned (`--orphan-timeout-secs`);
+    /// `None` never releases.
+    pub orphan_timeout: Option<std::time::Duration>,
 }
 
 impl WorkerConfig {
@@ -61,6 +68,7 @@ impl WorkerConfig {
         }
         Ok(Self {
             model: args.model,
+            lora: args.lora,
             listen: args.listen,
             engine: EngineOptions {
                 device: args.device,
@@ -74,7 +82,10 @@ impl WorkerConfig {
             metrics_listen: args.metrics_listen,
             role,
             discovery: args.discovery,
+            tls: args.tls,
             shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
+            orphan_timeout: (args.orphan_timeout_secs > 0)
+                .then(|| std::time::Duration::from_secs(args.orphan_timeout_secs)),
         })
     }
 
@@ -111,6 +122,16 @@ mod tests {
         assert_eq!(c.engine.kv_capacity_tokens, 100);
         assert_eq!(c.kv_capacity_rounded(), 112);
         assert_eq!(c.engine.tp, 1);
+    }
+
+    #[test]
+    fn orphan_timeout_zero_disables_the_sweep() {
+        let c = WorkerConfig::new(args(&[]), WorkerRole::Base).unwrap();
+        assert_eq!(c.orphan_timeout, Some(std::time::Duration::from_secs(300)));
+        let c = WorkerConfig::new(args(&["--orphan-timeout-secs", "2"]), WorkerRole::Base).unwrap();
+        assert_eq!(c.orphan_timeout, Some(std::time::Duration::from_secs(2)));
+        let c = WorkerConfig::new(args(&["--orphan-timeout-secs", "0"]), WorkerRole::Base).unwrap();
+        assert_eq!(c.orphan_timeout, None);
     }
 
     #[test]

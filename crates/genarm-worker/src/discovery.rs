@@ -1,5 +1,5 @@
-//! etcd registration of a worker: the `--etcd`, `--cluster`, `--advertise` and
-//! `--lease-ttl-secs` flags ([`DiscoveryArgs`]), the advertised URL (never a wildcard address),
+//! etcd registration of a worker: the `--etcd`, `--cluster`, `--advertise`,
+//! `--lease-ttl-secs` and `--etcd-ca/-cert/-key/-user/-password` flags ([`DiscoveryArgs`]), the advertised URL (never a wildcard address),
 //! and [`register_worker`], which puts the worker's record under its lease once it is SERVING.
 
 use std::net::SocketAddr;
@@ -25,8 +25,8 @@ pub struct DiscoveryArgs {
     #[arg(long, env = "GENARM_CLUSTER", default_value = "default", value_name = "NAME")]
     pub cluster: String,
 
-    /// Address registered in etcd for the router to dial, as host:port (or http://host:port).
-    /// Default: the bound listen address, unless that is a wildcard (0.0.0.0, [::]) — then this
+    /// Address registered in etcd for the router to dial, as host:port (or http://host:port;
+    /// https:// when the worker serves TLS). Default: the bound listen address, unless that is a wildcard (0.0.0.0, [::]) — then this
     /// flag is required (e.g. the pod IP or a DNS name).
     #[arg(long, env = "GENARM_ADVERTISE", value_name = "HOST:PORT")]
     pub advertise: Option<String>,
@@ -36,13 +36,27 @@ pub struct DiscoveryArgs {
     #[arg(long, env = "GENARM_LEASE_TTL_SECS", default_value_t = 10, value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub lease_ttl_secs: u64,
+
+    /// etcd TLS and authentication (`--etcd-ca`, `--etcd-cert`, `--etcd-key`, `--etcd-user`,
+    /// `--etcd-password`).
+    #[command(flatten)]
+    pub etcd_tls: genarm_tls::EtcdTlsArgs,
 }
 
-/// The URL to register: `--advertise` (with `http://` added when it has no scheme), else the
-/// bound address when it is not a wildcard; an error naming the flag otherwise.
-pub fn advertised_url(args: &DiscoveryArgs, bound: SocketAddr) -> Result<String, WorkerError> {
+/// The URL to register: `--advertise` (with `http://`, or `https://` when `tls`, added when it
+/// has no scheme), else the bound address when it is not a wildcard; an error naming the flag
+/// otherwise (also for a scheme that contradicts `tls`).
+pub fn advertised_url(args: &DiscoveryArgs, bound: SocketAddr, tls: bool) -> Result<String, WorkerError> {
+    let scheme = if tls { "https" } else { "http" };
     if let Some(a) = args.advertise.as_deref().map(str::trim).filter(|a| !a.is_empty()) {
-        let url = if a.contains("://") { a.to_string() } else { format!("http://{a}") };
+        let url = if a.contains("://") { a.to_string() } else { format!("{scheme}://{a}") };
+        if !url.starts_with(&format!("{scheme}://")) {
+            return Err(WorkerError::Config(format!(
+                "--advertise {a}: this worker serves {} so the router must dial {scheme}://; give \
+                 --advertise without a scheme or with {scheme}://",
+                if tls { "TLS (--tls-cert)" } else { "plaintext gRPC (no --tls-cert)" }
+            )));
+        }
         let host_port = url.split_once("://").map(|(_, r)| r).unwrap_or_default();
         if let Ok(addr) = host_port.trim_end_matches('/').parse::<SocketAddr>() {
             if addr.ip().is_unspecified() || addr.port() == 0 {
@@ -61,7 +75,7 @@ pub fn advertised_url(args: &DiscoveryArgs, bound: SocketAddr) -> Result<String,
             bound.port()
         )));
     }
-    Ok(format!("http://{bound}"))
+    Ok(format!("{scheme}://{bound}"))
 }
 
 /// The record registered for a worker answering `info` at `address`.
@@ -90,12 +104,26 @@ pub async fn register_worker(
     let endpoints =
         genarm_discovery::parse_endpoints(etcd).map_err(|e| WorkerError::Config(e.to_string()))?;
     let rec = record(info, address.to_string());
-    let reg =
-        genarm_discovery::register(&endpoints, &args.cluster, &rec, Duration::from_secs(args.lease_ttl_secs))
-            .await
-            .map_err(|e| WorkerError::Config(format!("cannot register in etcd: {e}")))?;
+    let security = etcd_security(&args.etcd_tls, &endpoints)?;
+    let ttl = Duration::from_secs(args.lease_ttl_secs);
+    let reg = genarm_discovery::register_with(&endpoints, &security, &args.cluster, &rec, ttl)
+        .await
+        .map_err(|e| WorkerError::Config(format!("cannot register in etcd: {e}")))?;
     tracing::info!(key = reg.key(), address, "registered in etcd");
     Ok(Some(reg))
+}
+
+/// The etcd connection security from the `--etcd-*` flags, checked against the endpoints.
+pub fn etcd_security(
+    args: &genarm_tls::EtcdTlsArgs,
+    endpoints: &[String],
+) -> Result<genarm_discovery::EtcdSecurity, WorkerError> {
+    let config = |e: genarm_tls::TlsError| WorkerError::Config(e.to_string());
+    args.check_endpoints(endpoints).map_err(config)?;
+    Ok(genarm_discovery::EtcdSecurity {
+        tls: args.tls().map_err(config)?,
+        user: args.user().map_err(config)?.map(|(u, p)| (u, p.expose().to_string())),
+    })
 }
 
 #[cfg(test)]
@@ -105,13 +133,19 @@ mod tests {
     #[test]
     fn wildcards_need_advertise() {
         let none = DiscoveryArgs::default();
-        assert_eq!(advertised_url(&none, "127.0.0.1:5".parse().unwrap()).unwrap(), "http://127.0.0.1:5");
-        let e = advertised_url(&none, "0.0.0.0:5".parse().unwrap()).unwrap_err().to_string();
+        let local = "127.0.0.1:5".parse().unwrap();
+        assert_eq!(advertised_url(&none, local, false).unwrap(), "http://127.0.0.1:5");
+        assert_eq!(advertised_url(&none, local, true).unwrap(), "https://127.0.0.1:5");
+        let e = advertised_url(&none, "0.0.0.0:5".parse().unwrap(), false).unwrap_err().to_string();
         assert!(e.contains("--advertise"), "{e}");
         let a = DiscoveryArgs { advertise: Some("w1.svc:7000".into()), ..Default::default() };
-        assert_eq!(advertised_url(&a, "0.0.0.0:5".parse().unwrap()).unwrap(), "http://w1.svc:7000");
+        assert_eq!(advertised_url(&a, "0.0.0.0:5".parse().unwrap(), false).unwrap(), "http://w1.svc:7000");
+        assert_eq!(advertised_url(&a, "0.0.0.0:5".parse().unwrap(), true).unwrap(), "https://w1.svc:7000");
         let bad = DiscoveryArgs { advertise: Some("0.0.0.0:7000".into()), ..Default::default() };
-        assert!(advertised_url(&bad, "0.0.0.0:5".parse().unwrap()).is_err());
+        assert!(advertised_url(&bad, "0.0.0.0:5".parse().unwrap(), false).is_err());
+        let plain = DiscoveryArgs { advertise: Some("http://w1.svc:7000".into()), ..Default::default() };
+        let e = advertised_url(&plain, local, true).unwrap_err().to_string();
+        assert!(e.contains("https://"), "{e}");
     }
 
     #[test]

@@ -12,10 +12,14 @@ use crate::error::WorkerError;
 /// worker reports SERVING).
 pub const WARMUP_SEQ_ID: u64 = u64::MAX;
 
-/// Opens the model at `path` (config, tokenizer, chat template, tensor index), without loading
-/// the weights.
-pub fn open_assets(path: &Path) -> Result<ModelAssets, WorkerError> {
-    ModelAssets::open(path).map_err(|source| WorkerError::Model { path: path.to_owned(), source })
+/// Opens the model at `path` (config, tokenizer, chat template, tensor index), with the LoRA
+/// adapter directory `lora` merged in when given, without loading the weights.
+pub fn open_assets(path: &Path, lora: Option<&Path>) -> Result<ModelAssets, WorkerError> {
+    match lora {
+        None => ModelAssets::open(path),
+        Some(lora) => ModelAssets::open_with_lora(path, lora),
+    }
+    .map_err(|source| WorkerError::Model { path: path.to_owned(), source })
 }
 
 /// Loads `assets` into an engine per `config` (the engine shows a progress bar on stderr) and

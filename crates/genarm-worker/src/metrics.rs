@@ -70,6 +70,10 @@ pub fn describe() {
         "genarm_worker_tokens_total",
         "Tokens processed by advanced sequences (prefill and decode)"
     );
+    describe_counter!(
+        "genarm_worker_orphans_released_total",
+        "Sequences released because no step reached them for --orphan-timeout-secs"
+    );
     describe_histogram!(
         "genarm_worker_step_forward_seconds",
         "Time of the batched forward of one Step, in seconds"
@@ -118,6 +122,7 @@ struct ScrapeHandles {
     steps: Counter,
     sequence_steps: Counter,
     tokens: Counter,
+    orphans_released: Counter,
     kv_used: Gauge,
     kv_total: Gauge,
     kv_block_size: Gauge,
@@ -131,6 +136,7 @@ impl ScrapeHandles {
             steps: metrics::counter!("genarm_worker_steps_total"),
             sequence_steps: metrics::counter!("genarm_worker_sequence_steps_total"),
             tokens: metrics::counter!("genarm_worker_tokens_total"),
+            orphans_released: metrics::counter!("genarm_worker_orphans_released_total"),
             kv_used: metrics::gauge!("genarm_worker_kv_blocks_used"),
             kv_total: metrics::gauge!("genarm_worker_kv_blocks_capacity"),
             kv_block_size: metrics::gauge!("genarm_worker_kv_block_size_tokens"),
@@ -201,6 +207,7 @@ async fn scrape(State(st): State<MetricsState>) -> Response {
     g.steps.absolute(c.steps);
     g.sequence_steps.absolute(c.sequence_steps);
     g.tokens.absolute(c.tokens);
+    g.orphans_released.absolute(c.orphans_released);
     match st.service.handle_stats().await {
         Ok(s) => {
             g.kv_used.set(s.kv_used_blocks as f64);

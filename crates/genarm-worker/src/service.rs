@@ -1,8 +1,12 @@
 //! [`WorkerService`]: the `genarm.v1.Worker` gRPC service over one engine. `Info` answers from
 //! the start; `Step`, `Release` and `Stats` answer UNAVAILABLE until the engine is loaded and
-//! warmed ([`WorkerService::set_engine`]).
+//! warmed ([`WorkerService::set_engine`]). A sequence no step has reached for the orphan timeout
+//! (a router that stopped or restarted left it behind) is released by a background sweep
+//! ([`WorkerService::spawn_orphan_sweeper`]).
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use genarm_model::Engine;
 use genarm_proto::v1::worker_server::Worker;
@@ -22,6 +26,8 @@ struct Shared {
     info: InfoResponse,
     role: WorkerRole,
     counters: StepCounters,
+    /// Sequence id → when a step last named it; removed on release (see [`WorkerService::sweep_orphans`]).
+    last_step: Mutex<HashMap<u64, Instant>>,
 }
 
 /// The worker protocol's implementation; cheap to clone (all clones share one engine).
@@ -49,6 +55,7 @@ impl WorkerService {
                 info,
                 role,
                 counters: StepCounters::default(),
+                last_step: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -83,8 +90,10 @@ impl WorkerService {
         let engine = self.engine()?;
         let vocab = engine.config().vocab_size;
         let prepared = prepare_step(req, &self.shared.role, vocab)?;
+        self.touch(prepared.seqs.iter().map(|s| s.seq_id));
         let n_seqs = prepared.seqs.len();
         let n_tokens: usize = prepared.seqs.iter().map(|s| s.tokens.len()).sum();
+        let ids: Vec<u64> = prepared.seqs.iter().map(|s| s.seq_id).collect();
         let shared = self.shared.clone();
         let resp = tokio::task::spawn_blocking(move || {
             let engine = shared.engine.get().expect("checked before spawning");
@@ -92,6 +101,8 @@ impl WorkerService {
         })
         .await
         .map_err(|e| Status::internal(format!("the step task failed: {e}")))??;
+        // Again after the forward, which may have taken long.
+        self.touch(ids);
         tracing::debug!(forward_micros = resp.forward_micros, "step served");
         crate::metrics::record_step(std::time::Duration::from_micros(resp.forward_micros), n_seqs, n_tokens);
         Ok(resp)
@@ -101,6 +112,12 @@ impl WorkerService {
     #[tracing::instrument(level = "debug", skip_all, fields(seqs = req.seq_ids.len()))]
     pub async fn handle_release(&self, req: ReleaseRequest) -> Result<ReleaseResponse, Status> {
         self.engine()?;
+        {
+            let mut last = self.last_step();
+            for id in &req.seq_ids {
+                last.remove(id);
+            }
+        }
         let shared = self.shared.clone();
         // Waits for a running step to finish (the engine holds its table during a forward).
         let released = tokio::task::spawn_blocking(move || {
@@ -131,6 +148,89 @@ impl WorkerService {
             kv_total_blocks: kv.total_blocks as u64,
             kv_block_size: kv.block_size as u32,
             sequences: kv.sequences as u32,
+            orphans_released: c.orphans_released,
+        })
+    }
+
+    fn last_step(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instant>> {
+        self.shared.last_step.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes that a step reached these sequences now.
+    fn touch(&self, ids: impl IntoIterator<Item = u64>) {
+        let now = Instant::now();
+        let mut last = self.last_step();
+        for id in ids {
+            last.insert(id, now);
+        }
+    }
+
+    /// Releases every sequence no step has reached for `timeout` (the router that stepped it
+    /// stopped, restarted, or lost track of it); returns how many held KV. They are counted in
+    /// `Stats.orphans_released` and logged. A sequence stepped again while the sweep runs is
+    /// kept; one released here and stepped later answers UNKNOWN_SEQUENCE, and the router
+    /// replays it.
+    pub async fn sweep_orphans(&self, timeout: Duration) -> usize {
+        if !self.is_ready() {
+            return 0;
+        }
+        let now = Instant::now();
+        let stale: Vec<u64> = {
+            let mut last = self.last_step();
+            let stale: Vec<u64> =
+                last.iter().filter(|(_, &t)| now.duration_since(t) >= timeout).map(|(&id, _)| id).collect();
+            for id in &stale {
+                last.remove(id);
+            }
+            stale
+        };
+        if stale.is_empty() {
+            return 0;
+        }
+        let shared = self.shared.clone();
+        let released = tokio::task::spawn_blocking(move || {
+            let engine = shared.engine.get().expect("checked before spawning");
+            let mut released = Vec::new();
+            for id in stale {
+                // Stepped again since it was found stale: no longer an orphan.
+                if shared.last_step.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&id) {
+                    continue;
+                }
+                if engine.release(id) {
+                    released.push(id);
+                }
+            }
+            released
+        })
+        .await
+        .unwrap_or_default();
+        if !released.is_empty() {
+            self.shared.counters.record_orphans(released.len() as u64);
+            let kv = self.shared.engine.get().map(|e| e.kv_usage());
+            tracing::warn!(
+                sequences = released.len(),
+                seq_ids = ?released,
+                idle_secs = timeout.as_secs_f64(),
+                kv_used_blocks = kv.map(|k| k.used_blocks),
+                "released orphaned sequences: no step reached them for --orphan-timeout-secs \
+                 (their router stopped or restarted)"
+            );
+        }
+        released.len()
+    }
+
+    /// Runs [`Self::sweep_orphans`] in the background every quarter of `timeout` (between
+    /// 100 ms and 30 s) for as long as the runtime lives.
+    pub fn spawn_orphan_sweeper(&self, timeout: Duration) -> tokio::task::JoinHandle<()> {
+        let service = self.clone();
+        let period = (timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                service.sweep_orphans(timeout).await;
+            }
         })
     }
 
@@ -166,5 +266,83 @@ impl Worker for WorkerService {
 
     async fn stats(&self, _request: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
         self.handle_stats().await.map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use genarm_model::{EngineOptions, ModelAssets};
+    use genarm_proto::v1::SeqStep;
+
+    fn step(seq_id: u64, start_pos: u32, tokens: Vec<u32>) -> StepRequest {
+        StepRequest {
+            reward_name: String::new(),
+            seqs: vec![SeqStep { seq_id, start_pos, tokens }],
+            logits_dtype: 0,
+            logits_len: 0,
+        }
+    }
+
+    async fn sequences(s: &WorkerService) -> (u32, u64, u64) {
+        let st = s.handle_stats().await.unwrap();
+        (st.sequences, st.kv_used_blocks, st.orphans_released)
+    }
+
+    #[tokio::test]
+    async fn the_sweep_releases_only_sequences_no_step_reached_for_the_timeout() {
+        let assets = ModelAssets::open(&genarm_testkit::fixture_dir("llama-mha")).expect("the fixture");
+        let engine = genarm_model::Engine::load(&assets, EngineOptions::default()).expect("loading");
+        let service = WorkerService::new(InfoResponse::default(), WorkerRole::Base);
+        assert_eq!(service.sweep_orphans(Duration::ZERO).await, 0, "no engine: nothing to sweep");
+        assert!(service.set_engine(engine));
+        let timeout = Duration::from_millis(800);
+
+        // Sequences 1, 2, 3 prefill; 3 is released by its router; 2 keeps being stepped.
+        for id in [1, 2, 3] {
+            service.handle_step(step(id, 0, vec![5, 6, 7])).await.unwrap();
+        }
+        service.handle_release(ReleaseRequest { seq_ids: vec![3] }).await.unwrap();
+        let (held, used, orphans) = sequences(&service).await;
+        assert_eq!((held, orphans), (2, 0));
+        assert!(used > 0);
+        assert_eq!(service.sweep_orphans(timeout).await, 0, "nothing is idle yet");
+
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        service.handle_step(step(2, 3, vec![8])).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        // 1 was idle ≥ 950 ms, 2 only ~450 ms.
+        assert_eq!(service.sweep_orphans(timeout).await, 1);
+        assert_eq!(sequences(&service).await.0, 1, "sequence 2 was stepped within the timeout");
+        assert_eq!(sequences(&service).await.2, 1);
+        let r = service.handle_step(step(1, 3, vec![8])).await.unwrap();
+        assert!(
+            matches!(&r.results[0].outcome, Some(genarm_proto::v1::seq_result::Outcome::Error(e))
+                if e.code == genarm_proto::v1::SeqErrorCode::UnknownSequence as i32),
+            "a released orphan is unknown to later steps (the router replays it): {r:?}"
+        );
+
+        // Idle past the timeout: 2 goes too; the failed step of 1 left nothing to release.
+        tokio::time::sleep(timeout).await;
+        assert_eq!(service.sweep_orphans(timeout).await, 1);
+        assert_eq!(sequences(&service).await, (0, 0, 2), "(sequences, KV blocks used, orphans released)");
+        assert_eq!(service.sweep_orphans(Duration::ZERO).await, 0);
+    }
+
+    #[tokio::test]
+    async fn the_background_sweeper_runs_on_its_own() {
+        let assets = ModelAssets::open(&genarm_testkit::fixture_dir("llama-mha")).expect("the fixture");
+        let engine = genarm_model::Engine::load(&assets, EngineOptions::default()).expect("loading");
+        let service = WorkerService::new(InfoResponse::default(), WorkerRole::Base);
+        assert!(service.set_engine(engine));
+        service.handle_step(step(9, 0, vec![5, 6])).await.unwrap();
+        let sweeper = service.spawn_orphan_sweeper(Duration::from_millis(200));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sequences(&service).await.0 > 0 {
+            assert!(Instant::now() < deadline, "the sweeper did not release the orphan within 5 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        sweeper.abort();
+        assert_eq!(sequences(&service).await, (0, 0, 1));
     }
 }

@@ -1,4 +1,5 @@
-//! [`StepCounters`]: lock-free counters of the steps a worker served (for `Stats`).
+//! [`StepCounters`]: lock-free counters of the steps a worker served and of the orphaned
+//! sequences it released (for `Stats`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -8,6 +9,7 @@ pub struct StepCounters {
     steps: AtomicU64,
     sequence_steps: AtomicU64,
     tokens: AtomicU64,
+    orphans_released: AtomicU64,
 }
 
 /// A consistent-enough copy of the counters.
@@ -19,6 +21,8 @@ pub struct CountersSnapshot {
     pub sequence_steps: u64,
     /// Tokens processed by advanced sequences (prefill and decode).
     pub tokens: u64,
+    /// Sequences released because no step reached them for `--orphan-timeout-secs`.
+    pub orphans_released: u64,
 }
 
 impl StepCounters {
@@ -33,12 +37,18 @@ impl StepCounters {
         self.tokens.fetch_add(tokens, Ordering::Relaxed);
     }
 
+    /// Counts `n` orphaned sequences released by the sweep.
+    pub fn record_orphans(&self, n: u64) {
+        self.orphans_released.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// The current values.
     pub fn snapshot(&self) -> CountersSnapshot {
         CountersSnapshot {
             steps: self.steps.load(Ordering::Relaxed),
             sequence_steps: self.sequence_steps.load(Ordering::Relaxed),
             tokens: self.tokens.load(Ordering::Relaxed),
+            orphans_released: self.orphans_released.load(Ordering::Relaxed),
         }
     }
 }
@@ -53,6 +63,10 @@ mod tests {
         c.record_call();
         c.record_call();
         c.record_advanced(3, 40);
-        assert_eq!(c.snapshot(), CountersSnapshot { steps: 2, sequence_steps: 3, tokens: 40 });
+        c.record_orphans(2);
+        assert_eq!(
+            c.snapshot(),
+            CountersSnapshot { steps: 2, sequence_steps: 3, tokens: 40, orphans_released: 2 }
+        );
     }
 }

@@ -47,6 +47,12 @@ pub struct Args {
     #[arg(long, env = "GENARM_CLUSTER", value_name = "NAME", default_value = "default")]
     pub cluster: String,
 
+    /// Mutual TLS to the workers (`--tls-cert`, `--tls-key`, `--tls-ca`, `--tls-server-name`)
+    /// and etcd TLS/authentication (`--etcd-ca`, `--etcd-cert`, `--etcd-key`, `--etcd-user`,
+    /// `--etcd-password`).
+    #[command(flatten)]
+    pub tls: genarm_tls::RouterTlsArgs,
+
     /// The model name clients put in `"model"`. Default: the base worker's model id (its
     /// directory's or GGUF file's name).
     #[arg(long, env = "GENARM_SERVED_MODEL_NAME", value_name = "NAME")]
@@ -100,6 +106,71 @@ pub struct Args {
     #[arg(long, env = "GENARM_MAX_STOP_SEQUENCES", value_name = "N", default_value_t = 4)]
     pub max_stop_sequences: usize,
 
+    /// Longest stop string, in bytes (longer ones get HTTP 400 naming this flag).
+    #[arg(long, env = "GENARM_MAX_STOP_LENGTH", value_name = "BYTES", default_value_t = 1024)]
+    pub max_stop_length: usize,
+
+    /// Longest prompt, in tokens (after the chat template), of any model a request uses; longer
+    /// prompts get HTTP 400 naming this flag. Default: no limit beyond the model's context.
+    #[arg(long, env = "GENARM_MAX_PROMPT_TOKENS", value_name = "TOKENS")]
+    pub max_prompt_tokens: Option<u32>,
+
+    /// Largest `max_tokens` (`max_completion_tokens`) a request may ask for; larger values get
+    /// HTTP 400 naming this flag, and requests that give none are capped to it. Default: no
+    /// limit beyond the model's context.
+    #[arg(long, env = "GENARM_MAX_TOKENS_LIMIT", value_name = "TOKENS")]
+    pub max_tokens_limit: Option<u32>,
+
+    /// Whole-request timeout in seconds, from arrival to the last token (streams included): a
+    /// request still running then fails with HTTP 504 (or a final error event on a stream) and
+    /// its sequences are released on every worker. 0 disables it.
+    #[arg(long, env = "GENARM_REQUEST_TIMEOUT_SECS", value_name = "SECS", default_value_t = 600)]
+    pub request_timeout_secs: u64,
+
+    /// Per-step watchdog: a worker that does not answer a `Step` call within this many seconds
+    /// is treated as failed (marked not ready, its sequences failed over to a ready replica by
+    /// replay, or held for --worker-restart-grace-secs, else failed with HTTP 503 naming the
+    /// worker). Default: --worker-timeout-secs.
+    #[arg(long, env = "GENARM_STEP_TIMEOUT_SECS", value_name = "SECS")]
+    pub step_timeout_secs: Option<u64>,
+
+    /// An API key clients must send as `Authorization: Bearer <KEY>`. Repeat the flag for
+    /// several keys (the env variable takes a comma-separated list). With no key (here or in
+    /// --api-key-file) the API is open. `/health` and `/ready` never need a key. Keys are never
+    /// logged; in metrics and limits a key given here is labelled `key-<N>` (N = its position).
+    #[arg(
+        long = "api-key",
+        env = "GENARM_API_KEYS",
+        value_name = "KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<ApiKey>,
+
+    /// A file of API keys, one per line, as `KEY` or `NAME:KEY` (NAME labels the key in metrics
+    /// and per-key limits; keys sharing a NAME share its limits). Blank lines and lines
+    /// starting with `#` are ignored. Re-read on SIGHUP; a file that cannot be read or parsed
+    /// then keeps the old keys (and the router logs why).
+    #[arg(long, env = "GENARM_API_KEY_FILE", value_name = "PATH")]
+    pub api_key_file: Option<std::path::PathBuf>,
+
+    /// Also require an API key for `GET /metrics` (by default it is open, like `/health`).
+    #[arg(long, env = "GENARM_PROTECT_METRICS")]
+    pub protect_metrics: bool,
+
+    /// Most requests one API key (one key label) may have in flight at once (streams count until
+    /// they end); more get HTTP 429 with `Retry-After`. Applies only when keys are configured.
+    /// 0 disables the limit.
+    #[arg(long, env = "GENARM_KEY_MAX_CONCURRENT", value_name = "N", default_value_t = 256)]
+    pub key_max_concurrent: u32,
+
+    /// Token budget per API key (key label) per minute, charged at admission as prompt tokens +
+    /// max_tokens (a token bucket refilled continuously, holding at most one minute's budget);
+    /// a request the bucket cannot pay gets HTTP 429 with `Retry-After`. Applies only when keys
+    /// are configured. 0 (the default) disables the limit.
+    #[arg(long, env = "GENARM_KEY_TOKENS_PER_MINUTE", value_name = "TOKENS", default_value_t = 0)]
+    pub key_tokens_per_minute: u64,
+
     /// How long to wait at startup for every worker to answer `Info` (workers may still be
     /// loading their models); the router retries until then and exits with an error after.
     /// Applies to --base/--rm URLs; with --etcd the router waits for registrations indefinitely
@@ -107,8 +178,9 @@ pub struct Args {
     #[arg(long, env = "GENARM_WORKER_CONNECT_TIMEOUT_SECS", value_name = "SECS", default_value_t = 600)]
     pub worker_connect_timeout_secs: u64,
 
-    /// Timeout of one worker call (a `Step` of a whole batch included). A worker that does not
-    /// answer in time fails the requests of that step that used it.
+    /// Timeout of one worker call (health checks, `Info`, `Release`), and of a `Step` of a whole
+    /// batch unless --step-timeout-secs is given. A worker that does not answer a `Step` in
+    /// time fails the requests of that step that used it.
     #[arg(long, env = "GENARM_WORKER_TIMEOUT_SECS", value_name = "SECS", default_value_t = 300)]
     pub worker_timeout_secs: u64,
 
@@ -129,6 +201,25 @@ pub struct Args {
     /// Older name of --shutdown-timeout (used when --shutdown-timeout is not given).
     #[arg(long, env = "GENARM_SHUTDOWN_GRACE_SECS", value_name = "SECS")]
     pub shutdown_grace_secs: Option<u64>,
+}
+
+/// One `--api-key`: a secret whose `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(pub String);
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for ApiKey {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Checked in `Args::validate`, whose messages never repeat the key.
+        Ok(ApiKey(s.trim().to_string()))
+    }
 }
 
 /// One `--rm NAME=URL` (or `--rm NAME` with --etcd).
@@ -239,6 +330,14 @@ impl Args {
         if self.max_waiting == 0 {
             return Err("--max-waiting must be at least 1".into());
         }
+        for (i, k) in self.api_keys.iter().enumerate() {
+            crate::auth::check_key_text(&k.0).map_err(|why| {
+                format!("--api-key #{} (or entry #{} of GENARM_API_KEYS) {why}", i + 1, i + 1)
+            })?;
+        }
+        if self.step_timeout_secs == Some(0) {
+            return Err("--step-timeout-secs must be at least 1".into());
+        }
         if let Some(base) = &self.base {
             if !base.starts_with("http://") && !base.starts_with("https://") {
                 return Err(format!("--base `{base}` must be a URL starting with http:// or https://"));
@@ -294,6 +393,35 @@ mod tests {
         assert_eq!(a.logits_dtype, LogitsDtypeArg::F32);
         assert!(a.rms.is_empty());
         a.validate().unwrap();
+    }
+
+    #[test]
+    fn api_keys_and_limits_parse_and_keys_are_never_shown() {
+        let a = parse(&["--base", "http://h:1"]).unwrap();
+        assert!(a.api_keys.is_empty() && a.api_key_file.is_none() && !a.protect_metrics);
+        assert_eq!((a.key_max_concurrent, a.key_tokens_per_minute), (256, 0));
+        assert_eq!((a.max_stop_length, a.request_timeout_secs), (1024, 600));
+        assert_eq!((a.max_prompt_tokens, a.max_tokens_limit, a.step_timeout_secs), (None, None, None));
+        let a = parse(&[
+            "--base",
+            "http://h:1",
+            "--api-key",
+            "sk-one,sk-two",
+            "--api-key",
+            "sk-three",
+            "--step-timeout-secs",
+            "5",
+        ])
+        .unwrap();
+        let keys: Vec<&str> = a.api_keys.iter().map(|k| k.0.as_str()).collect();
+        assert_eq!(keys, ["sk-one", "sk-two", "sk-three"]);
+        a.validate().unwrap();
+        assert!(!format!("{a:?}").contains("sk-"), "Debug shows a key");
+        let a = parse(&["--base", "http://h:1", "--api-key", "sk-a", "--api-key", "sk b"]).unwrap();
+        let e = a.validate().unwrap_err();
+        assert!(e.contains("#2") && !e.contains("sk b"), "{e}");
+        let a = parse(&["--base", "http://h:1", "--step-timeout-secs", "0"]).unwrap();
+        assert!(a.validate().unwrap_err().contains("--step-timeout-secs"));
     }
 
     #[test]

@@ -77,6 +77,30 @@ pub enum RouterError {
     /// A bug or an impossible state on the router's side (500).
     #[error("internal error: {0}")]
     Internal(String),
+    /// No `Authorization: Bearer <key>` header, or a key the router does not know (401). The
+    /// message never repeats the key that was sent.
+    #[error("{message}")]
+    Unauthorized {
+        /// What is wrong (missing header, unknown key) and how to fix it.
+        message: String,
+    },
+    /// A per-key limit (concurrency, token rate) is exhausted (429 with `Retry-After`).
+    #[error("{message}")]
+    RateLimited {
+        /// The machine-readable code: `concurrency_limit_exceeded` or `token_rate_limit_exceeded`.
+        code: &'static str,
+        /// Which limit, the key's label, and how to raise it.
+        message: String,
+        /// The `Retry-After` value, in seconds.
+        retry_after_secs: u64,
+    },
+    /// The whole request took longer than `--request-timeout-secs` (504); its sequences were
+    /// cancelled and released on every worker.
+    #[error("the request did not finish within {secs} s (--request-timeout-secs); it was cancelled; send a smaller max_tokens, or ask the operator to raise the limit")]
+    Timeout {
+        /// The limit in seconds.
+        secs: u64,
+    },
 }
 
 /// The body of an OpenAI error response.
@@ -124,6 +148,9 @@ impl RouterError {
             Self::UnknownRoute { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -142,6 +169,9 @@ impl RouterError {
             Self::UnknownRoute { .. } => ("invalid_request_error", Some("unknown_route"), None),
             Self::MethodNotAllowed { .. } => ("invalid_request_error", Some("method_not_allowed"), None),
             Self::Internal(_) => ("server_error", Some("internal_error"), None),
+            Self::Unauthorized { .. } => ("invalid_request_error", Some("invalid_api_key"), None),
+            Self::RateLimited { code, .. } => ("rate_limit_error", Some(*code), None),
+            Self::Timeout { .. } => ("timeout_error", Some("request_timeout"), None),
         };
         ErrorBody { error: ErrorDetail { message: self.to_string(), kind, param, code } }
     }
@@ -150,6 +180,18 @@ impl RouterError {
 impl IntoResponse for RouterError {
     fn into_response(self) -> Response {
         let status = self.status();
+        if let Self::RateLimited { retry_after_secs, .. } = &self {
+            tracing::debug!(status = status.as_u16(), error = %self, "rate limited");
+            let retry = retry_after_secs.to_string();
+            return (status, [(axum::http::header::RETRY_AFTER, retry)], axum::Json(self.body()))
+                .into_response();
+        }
+        if let Self::Unauthorized { .. } = &self {
+            // The key is never logged; the header of a 401 tells clients the scheme.
+            tracing::debug!(status = status.as_u16(), "unauthorized");
+            return (status, [(axum::http::header::WWW_AUTHENTICATE, "Bearer")], axum::Json(self.body()))
+                .into_response();
+        }
         if let Self::Draining { retry_after_secs } = &self {
             tracing::debug!(status = status.as_u16(), "draining: request refused");
             let retry = retry_after_secs.to_string();
@@ -206,6 +248,27 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(RouterError::Internal("x".into()).status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn auth_limits_and_timeouts_follow_openai() {
+        let e = RouterError::Unauthorized { message: "no key".into() };
+        assert_eq!(json(&e)["error"]["type"], "invalid_request_error");
+        assert_eq!(json(&e)["error"]["code"], "invalid_api_key");
+        assert_eq!(e.into_response().status(), StatusCode::UNAUTHORIZED);
+        let e = RouterError::RateLimited {
+            code: "concurrency_limit_exceeded",
+            message: "too many".into(),
+            retry_after_secs: 3,
+        };
+        assert_eq!(json(&e)["error"]["type"], "rate_limit_error");
+        assert_eq!(json(&e)["error"]["code"], "concurrency_limit_exceeded");
+        let r = e.into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[axum::http::header::RETRY_AFTER], "3");
+        let e = RouterError::Timeout { secs: 7 };
+        assert_eq!(e.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert!(json(&e)["error"]["message"].as_str().unwrap().contains("--request-timeout-secs"));
     }
 
     #[test]

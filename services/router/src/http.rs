@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::auth::{Auth, KeyIdentity};
 use crate::backend::WorkerHealth;
 use crate::error::RouterError;
 use crate::openai::{
@@ -58,6 +59,10 @@ pub struct AppState {
     pub in_flight: Arc<AtomicUsize>,
     /// The router's start (Unix seconds), for `/v1/models`.
     pub created: u64,
+    /// API keys and per-key limits ([`Auth::open`]: no keys).
+    pub auth: Arc<Auth>,
+    /// Whole-request timeout (`--request-timeout-secs`; `None`: none).
+    pub request_timeout: Option<std::time::Duration>,
 }
 
 impl AppState {
@@ -70,6 +75,8 @@ impl AppState {
             shutting_down: AtomicBool::new(false),
             in_flight: Arc::new(AtomicUsize::new(0)),
             created: unix_now(),
+            auth: Arc::new(Auth::open()),
+            request_timeout: None,
         }
     }
 
@@ -137,6 +144,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), crate::auth::require_key))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), count_in_flight))
         .with_state(state)
 }
@@ -228,13 +236,14 @@ fn count(endpoint: &'static str, status: StatusCode) {
 #[tracing::instrument(skip_all, fields(endpoint = "completions"))]
 async fn completions(
     State(st): State<Arc<AppState>>,
+    key: Option<axum::Extension<KeyIdentity>>,
     body: Result<OpenAiJson<CompletionRequest>, RouterError>,
 ) -> Response {
     let resp = match body {
         Err(e) => e.into_response(),
         Ok(OpenAiJson(req)) => {
             let id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
-            generate(&st, Kind::Completion, id, |id, core| {
+            generate(&st, key.map(|k| k.0), Kind::Completion, id, |id, core| {
                 prepare_completion(req, id, &core.catalog, &core.validation)
             })
             .await
@@ -248,14 +257,17 @@ async fn completions(
 #[tracing::instrument(skip_all, fields(endpoint = "chat_completions"))]
 async fn chat_completions(
     State(st): State<Arc<AppState>>,
+    key: Option<axum::Extension<KeyIdentity>>,
     body: Result<OpenAiJson<ChatCompletionRequest>, RouterError>,
 ) -> Response {
     let resp = match body {
         Err(e) => e.into_response(),
         Ok(OpenAiJson(req)) => {
             let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
-            generate(&st, Kind::Chat, id, |id, core| prepare_chat(req, id, &core.catalog, &core.validation))
-                .await
+            generate(&st, key.map(|k| k.0), Kind::Chat, id, |id, core| {
+                prepare_chat(req, id, &core.catalog, &core.validation)
+            })
+            .await
         }
     };
     count("chat_completions", resp.status());
@@ -273,6 +285,7 @@ enum Kind {
 /// plain HTTP errors; later ones end the stream with an error event.
 async fn generate(
     st: &Arc<AppState>,
+    key: Option<KeyIdentity>,
     kind: Kind,
     id: String,
     prepare: impl FnOnce(String, &Core) -> Result<Prepared, RouterError>,
@@ -296,6 +309,13 @@ async fn generate(
         }
         .into_response();
     }
+    if let Some(key) = &key {
+        let cost = prepared.gen.base_prompt.len() as u64 + u64::from(prepared.gen.max_tokens);
+        if let Err(e) = st.auth.limits.charge_tokens(&key.label, cost, std::time::Instant::now()) {
+            return e.into_response();
+        }
+    }
+    let deadline = st.request_timeout.map(|t| (tokio::time::Instant::from_std(received) + t, t.as_secs()));
     let Prepared { gen, stream, include_usage, .. } = prepared;
     let want_logprobs = gen.top_logprobs.is_some();
     tracing::debug!(request_id = %id, prompt_tokens = gen.base_prompt.len(), arms = gen.arms.len(),
@@ -304,8 +324,12 @@ async fn generate(
         Ok(rx) => rx,
         Err(e) => return e.into_response(),
     };
-    let first = match rx.recv().await {
-        Some(Event::Failed(e)) => return e.into_response(),
+    let first = match recv_by(&mut rx, deadline).await {
+        Err(e) => return e.into_response(),
+        Ok(Some(Event::Failed(e))) => return e.into_response(),
+        Ok(first) => first,
+    };
+    let first = match first {
         Some(ev) => ev,
         None => return RouterError::Internal("the scheduler dropped the request".into()).into_response(),
     };
@@ -321,9 +345,29 @@ async fn generate(
         text_len: 0,
     };
     if stream {
-        sse_response(out, first, rx)
+        sse_response(out, first, rx, deadline)
     } else {
-        whole_response(out, first, rx).await
+        match deadline {
+            None => whole_response(out, first, rx).await,
+            Some((at, secs)) => tokio::time::timeout_at(at, whole_response(out, first, rx))
+                .await
+                .unwrap_or_else(|_| RouterError::Timeout { secs }.into_response()),
+        }
+    }
+}
+
+/// The next event, or [`RouterError::Timeout`] once `deadline` (instant, limit in seconds)
+/// passes; the caller then drops the receiver, which cancels the request and releases its KV.
+async fn recv_by(
+    rx: &mut mpsc::UnboundedReceiver<Event>,
+    deadline: Option<(tokio::time::Instant, u64)>,
+) -> Result<Option<Event>, RouterError> {
+    match deadline {
+        None => Ok(rx.recv().await),
+        Some((at, secs)) => tokio::time::timeout_at(at, rx.recv()).await.map_err(|_| {
+            tracing::warn!(limit_secs = secs, "request timed out (--request-timeout-secs): cancelling it");
+            RouterError::Timeout { secs }
+        }),
     }
 }
 
@@ -571,13 +615,19 @@ struct StreamState {
     rx: mpsc::UnboundedReceiver<Event>,
     pending: VecDeque<String>,
     done: bool,
+    deadline: Option<(tokio::time::Instant, u64)>,
 }
 
 /// Streams events as `data: {json}` chunks ending in `data: [DONE]`. Dropping the stream (the
 /// client went away) drops the receiver, which cancels the request.
-fn sse_response(mut out: Output, first: Event, rx: mpsc::UnboundedReceiver<Event>) -> Response {
+fn sse_response(
+    mut out: Output,
+    first: Event,
+    rx: mpsc::UnboundedReceiver<Event>,
+    deadline: Option<(tokio::time::Instant, u64)>,
+) -> Response {
     let (chunks, done) = out.stream_chunks(first);
-    let state = StreamState { out, rx, pending: chunks.into(), done };
+    let state = StreamState { out, rx, pending: chunks.into(), done, deadline };
     let stream = futures::stream::unfold(state, |mut st| async move {
         loop {
             if let Some(data) = st.pending.pop_front() {
@@ -586,7 +636,18 @@ fn sse_response(mut out: Output, first: Event, rx: mpsc::UnboundedReceiver<Event
             if st.done {
                 return None;
             }
-            match st.rx.recv().await {
+            let next = match recv_by(&mut st.rx, st.deadline).await {
+                Ok(next) => next,
+                Err(e) => {
+                    // Cancels the request now (the scheduler sees the closed channel).
+                    st.rx.close();
+                    st.pending.push_back(json(&e.body()));
+                    st.pending.push_back("[DONE]".into());
+                    st.done = true;
+                    continue;
+                }
+            };
+            match next {
                 Some(ev) => {
                     let (chunks, done) = st.out.stream_chunks(ev);
                     st.pending.extend(chunks);

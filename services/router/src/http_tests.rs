@@ -22,6 +22,14 @@ struct Server {
 }
 
 async fn serve(max_waiting: usize, run_scheduler: bool) -> Server {
+    serve_with(max_waiting, run_scheduler, |_| {}).await
+}
+
+async fn serve_with(
+    max_waiting: usize,
+    run_scheduler: bool,
+    configure: impl FnOnce(&mut AppState),
+) -> Server {
     let catalog = Arc::new(fixture_catalog(512));
     let backend = Arc::new(FakeBackend::new(3, catalog.vocab, 100_000));
     let (abort_tx, abort) = watch::channel(false);
@@ -43,17 +51,15 @@ async fn serve(max_waiting: usize, run_scheduler: bool) -> Server {
     } else {
         std::mem::forget(sched);
     }
-    let state = Arc::new(AppState::new(None, 4096));
+    let mut state = AppState::new(None, 4096);
+    configure(&mut state);
+    let state = Arc::new(state);
     let health: Arc<dyn crate::backend::WorkerHealth> = backend.clone();
     let _ = state.core.set(Core {
         catalog,
         health,
         scheduler: handle,
-        validation: ValidationConfig {
-            served_model: "tiny".into(),
-            default_guidance: vec![],
-            max_stop_sequences: 4,
-        },
+        validation: ValidationConfig::new("tiny"),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -291,4 +297,47 @@ async fn a_not_connected_router_is_not_ready() {
     let v: Value = r.json().await.unwrap();
     assert_error(&v, None, "connecting");
     assert_eq!(reqwest::get(format!("{url}/health")).await.unwrap().status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn keys_are_required_except_on_health_and_ready() {
+    use crate::auth::Auth;
+    use crate::limits::KeyLimits;
+    let s = serve_with(16, true, |st| {
+        st.auth = Arc::new(Auth::new(&["sk-unit-1".into()], None, true, KeyLimits::new(4, 0)).unwrap());
+    })
+    .await;
+    let body = json!({"model": "tiny", "prompt": "Hello", "max_tokens": 2});
+    let post = |key: Option<&'static str>| {
+        let mut r = s.client.post(format!("{}/v1/completions", s.url)).body(body.to_string());
+        if let Some(k) = key {
+            r = r.header("Authorization", k);
+        }
+        r.send()
+    };
+    for key in [None, Some("Bearer sk-unit-2"), Some("sk-unit-1")] {
+        let r = post(key).await.unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{key:?}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "invalid_api_key", "{v}");
+        assert!(!v.to_string().contains("sk-unit"), "{v}");
+    }
+    assert_eq!(post(Some("Bearer sk-unit-1")).await.unwrap().status().as_u16(), 200);
+    assert_eq!(s.get("/health").await.0, 200);
+    assert_eq!(s.get("/ready").await.0, 200);
+    assert_eq!(s.get("/metrics").await.0, 401, "--protect-metrics");
+    assert_eq!(s.get("/v1/models").await.0, 401);
+}
+
+#[tokio::test]
+async fn a_request_past_its_timeout_gets_a_504_and_is_cancelled() {
+    // The scheduler never answers: the request can only end by its timeout.
+    let s =
+        serve_with(16, false, |st| st.request_timeout = Some(std::time::Duration::from_millis(300))).await;
+    let started = std::time::Instant::now();
+    let (st, v) = s.post_json("/v1/completions", json!({"model": "tiny", "prompt": "x"})).await;
+    assert_eq!(st, 504, "{v}");
+    assert_eq!(v["error"]["code"], "request_timeout", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("--request-timeout-secs"), "{v}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }

@@ -8,13 +8,16 @@
 //! uses), [`workers`] (gRPC clients, startup checks, health), [`text`] (per-request
 //! detokenization and stop strings), [`scheduler`] (the actor: queue, batch, preemption),
 //! [`step_loop`] (one step: workers, fusion, sampling), [`http`] (axum routes, SSE),
-//! [`telemetry`] (Prometheus metrics) and [`server`] (wiring it all together).
+//! [`telemetry`] (Prometheus metrics), [`auth`] (API keys) and [`limits`] (per-key limits), and
+//! [`server`] (wiring it all together).
 #![warn(missing_docs)]
 
 pub mod args;
+pub mod auth;
 pub mod backend;
 pub mod error;
 pub mod http;
+pub mod limits;
 pub mod openai;
 pub mod scheduler;
 pub mod server;

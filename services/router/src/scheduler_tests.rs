@@ -324,6 +324,41 @@ async fn non_finite_logits_fail_the_request_naming_the_worker() {
 }
 
 #[tokio::test]
+async fn positive_infinity_fails_naming_the_worker_and_negative_infinity_is_a_legal_mask() {
+    let h = start(FakeBackend::new(3, V, 10_000), config());
+    let arms = |m: usize| vec![ArmRequest { model: m, alpha: 1.0, prompt: vec![1, 2] }];
+    // +inf from arm2: the request fails before sampling, naming arm2 (not the base, not arm1).
+    h.backend.state(2).poison = vec![(5, f32::INFINITY)];
+    let (tokens, _, fin) = collect(h.handle.submit(request(vec![1, 2], arms(2), greedy(), 5)).unwrap()).await;
+    let err = fin.unwrap_err();
+    assert!(tokens.is_empty(), "nothing may be sampled from +inf logits: {tokens:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("arm2") && msg.contains("+inf") && msg.contains("token 5"), "{msg}");
+    assert!(!msg.contains("arm1") && !msg.contains("base"), "{msg}");
+    // NaN from the base names the base.
+    h.backend.state(0).poison = vec![(7, f32::NAN)];
+    let (_, _, fin) = collect(h.handle.submit(request(vec![1, 2], vec![], greedy(), 5)).unwrap()).await;
+    let msg = fin.unwrap_err().to_string();
+    assert!(msg.contains("base") && msg.contains("NaN"), "{msg}");
+    h.backend.state(0).poison.clear();
+    // -inf masks a token of arm1: legal. Masking the token greedy decoding picks first makes
+    // the request pick another one, and succeed.
+    let (plain, _, fin) = collect(h.handle.submit(request(vec![1, 2], arms(1), greedy(), 6)).unwrap()).await;
+    assert!(fin.is_ok(), "{fin:?}");
+    let first = plain[0] as usize;
+    h.backend.state(1).poison = vec![(first, f32::NEG_INFINITY)];
+    let (tokens, _, fin) = collect(h.handle.submit(request(vec![1, 2], arms(1), greedy(), 6)).unwrap()).await;
+    assert!(fin.is_ok(), "a -inf logit must not fail the request: {fin:?}");
+    assert_eq!(tokens.len(), 6);
+    assert_ne!(tokens[0] as usize, first, "the masked id was sampled: {tokens:?}");
+    // Nothing is left on any worker.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for m in 0..3 {
+        assert!(h.backend.state(m).held.is_empty(), "worker {m} still holds sequences");
+    }
+}
+
+#[tokio::test]
 async fn a_client_that_goes_away_is_released_everywhere() {
     let h = start(FakeBackend::new(2, V, 10_000), config());
     let arms = vec![ArmRequest { model: 1, alpha: 1.0, prompt: vec![1, 2] }];

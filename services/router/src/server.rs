@@ -87,7 +87,29 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let metrics = crate::telemetry::install().context("cannot install the metrics recorder")?;
 
-    let state = Arc::new(AppState::new(Some(metrics), args.max_body_bytes));
+    crate::auth::describe_metrics();
+    let auth = crate::auth::Auth::new(
+        &args.api_keys.iter().map(|k| k.0.clone()).collect::<Vec<_>>(),
+        args.api_key_file.clone(),
+        args.protect_metrics,
+        crate::limits::KeyLimits::new(args.key_max_concurrent, args.key_tokens_per_minute),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let auth = Arc::new(auth);
+    if auth.enabled() {
+        tracing::info!(keys = auth.keys().len(), file = ?args.api_key_file, protect_metrics = args.protect_metrics,
+            "API keys required (Authorization: Bearer)");
+    } else {
+        tracing::warn!(
+            "no API key configured (--api-key, --api-key-file): the API is open to anyone who can reach it"
+        );
+    }
+    crate::auth::spawn_sighup_reloader(Arc::clone(&auth));
+    let mut state = AppState::new(Some(metrics), args.max_body_bytes);
+    state.auth = auth;
+    state.request_timeout =
+        (args.request_timeout_secs > 0).then(|| Duration::from_secs(args.request_timeout_secs));
+    let state = Arc::new(state);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
@@ -111,6 +133,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut serve =
         tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(until_true(stop_rx)).into_future());
 
+    let tls = args.tls.client().map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(url) = &args.base {
+        genarm_tls::check_worker_url(url, tls.as_ref(), "--base")?;
+    }
+    for r in &args.rms {
+        if let Some(url) = &r.url {
+            genarm_tls::check_worker_url(url, tls.as_ref(), &format!("--rm {}", r.name))?;
+        }
+    }
+    let etcd_security = match &args.etcd {
+        None => genarm_discovery::EtcdSecurity::default(),
+        Some(urls) => {
+            let e = &args.tls.etcd;
+            e.check_endpoints(&genarm_discovery::parse_endpoints(urls)?)?;
+            genarm_discovery::EtcdSecurity {
+                tls: e.tls()?,
+                user: e.user()?.map(|(u, p)| (u, p.expose().to_string())),
+            }
+        }
+    };
     let wcfg = WorkersConfig {
         base_url: args.base.clone(),
         rms: args.rms.iter().map(|r| (r.name.clone(), r.url.clone())).collect(),
@@ -119,12 +161,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Some(urls) => Some(crate::workers::EtcdConfig {
                 endpoints: genarm_discovery::parse_endpoints(urls)?,
                 cluster: args.cluster.clone(),
+                security: etcd_security,
             }),
         },
         connect_timeout: Duration::from_secs(args.worker_connect_timeout_secs),
         call_timeout: Duration::from_secs(args.worker_timeout_secs.max(1)),
+        step_timeout: Duration::from_secs(args.step_timeout_secs.unwrap_or(args.worker_timeout_secs).max(1)),
         reprobe: Duration::from_millis(args.worker_reprobe_ms.max(50)),
         max_message_bytes: args.max_message_bytes,
+        tls,
     };
     let workers = tokio::select! {
         w = Workers::connect(&wcfg) => w?,
@@ -176,6 +221,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             served_model: served_model.clone(),
             default_guidance,
             max_stop_sequences: args.max_stop_sequences,
+            max_stop_length: args.max_stop_length,
+            max_prompt_tokens: args.max_prompt_tokens,
+            max_tokens_limit: args.max_tokens_limit,
         },
     };
     if state.core.set(core).is_err() {

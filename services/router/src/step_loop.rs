@@ -466,9 +466,15 @@ impl<B: StepBackend> Scheduler<B> {
 /// Maps a fusion error to the client error, naming the model at fault.
 fn fusion_error(e: FusionError, model_name: impl Fn(usize) -> String) -> RouterError {
     match &e {
-        FusionError::NonFinite { model_index, .. }
-        | FusionError::AllMasked { model_index }
-        | FusionError::ShortLogits { model_index, .. } => {
+        FusionError::NonFinite { model_index, token } => RouterError::WorkerFailed {
+            worker: model_name(*model_index),
+            message: format!(
+                "sent a non-finite logit (NaN or +inf) for token {token}; the request was stopped before \
+                 sampling (a worker must send finite logits, or -inf for masked tokens): check that worker's \
+                 model and device"
+            ),
+        },
+        FusionError::AllMasked { model_index } | FusionError::ShortLogits { model_index, .. } => {
             RouterError::WorkerFailed { worker: model_name(*model_index), message: e.to_string() }
         }
         _ => RouterError::Internal(format!("fusion failed: {e}")),

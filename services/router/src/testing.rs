@@ -47,6 +47,8 @@ pub struct FakeState {
     pub fail_calls: usize,
     /// Send NaN logits on the next step.
     pub nan_next: bool,
+    /// On every step, set these logits (token id, value) of every sequence.
+    pub poison: Vec<(usize, f32)>,
     /// Forget every sequence before the next step (a restarted worker).
     pub forget_next: bool,
     /// On the next step, lose every sequence and answer REPLICA_LOST for the ones it held (a
@@ -167,6 +169,9 @@ impl StepBackend for FakeBackend {
             logits.truncate(logits_len as usize);
             if nan {
                 logits[3] = f32::NAN;
+            }
+            for &(t, v) in &st.poison {
+                logits[t] = v;
             }
             let mut bytes = Vec::new();
             pack(&logits, dtype, &mut bytes);

@@ -28,6 +28,26 @@ pub struct ValidationConfig {
     pub default_guidance: Vec<(ModelIndex, f32)>,
     /// Most stop strings per request.
     pub max_stop_sequences: usize,
+    /// Longest stop string in bytes (`--max-stop-length`).
+    pub max_stop_length: usize,
+    /// Longest prompt in tokens for any model (`--max-prompt-tokens`; `None`: the context).
+    pub max_prompt_tokens: Option<u32>,
+    /// Largest `max_tokens` (`--max-tokens-limit`; `None`: the context).
+    pub max_tokens_limit: Option<u32>,
+}
+
+impl ValidationConfig {
+    /// Settings with the given served model name, no default guidance and the default limits.
+    pub fn new(served_model: impl Into<String>) -> Self {
+        ValidationConfig {
+            served_model: served_model.into(),
+            default_guidance: Vec::new(),
+            max_stop_sequences: 4,
+            max_stop_length: 1024,
+            max_prompt_tokens: None,
+            max_tokens_limit: None,
+        }
+    }
 }
 
 /// A validated request, ready to submit.
@@ -169,6 +189,28 @@ fn check_sampling(
     if stops.iter().any(String::is_empty) {
         return Err(RouterError::invalid("stop", "stop strings must not be empty"));
     }
+    if let Some(long) = stops.iter().find(|s| s.len() > cfg.max_stop_length) {
+        return Err(RouterError::invalid(
+            "stop",
+            format!(
+                "a stop string is {} bytes long, more than the limit of {} bytes (--max-stop-length); send \
+                 shorter stop strings",
+                long.len(),
+                cfg.max_stop_length
+            ),
+        ));
+    }
+    if let (Some(m), Some(limit)) = (s.max_tokens, cfg.max_tokens_limit) {
+        if m > limit {
+            return Err(RouterError::invalid(
+                "max_tokens",
+                format!(
+                    "max_tokens is {m}, more than this server's limit of {limit} (--max-tokens-limit); send \
+                     max_tokens <= {limit}"
+                ),
+            ));
+        }
+    }
     let include_usage = s.stream_options.as_ref().is_some_and(|o| o.include_usage);
     if s.stream_options.is_some() && !s.stream {
         return Err(RouterError::invalid(
@@ -185,6 +227,20 @@ fn text_error(e: TextError, param: &str) -> RouterError {
         RouterError::invalid(param, e.to_string())
     } else {
         RouterError::Internal(e.to_string())
+    }
+}
+
+/// Checks `--max-prompt-tokens` against the longest prompt, naming `param`.
+fn check_prompt_limit(longest: usize, cfg: &ValidationConfig, param: &str) -> Result<(), RouterError> {
+    match cfg.max_prompt_tokens {
+        Some(limit) if longest > limit as usize => Err(RouterError::invalid(
+            param,
+            format!(
+                "the prompt is {longest} tokens, more than this server's limit of {limit} tokens \
+                 (--max-prompt-tokens); shorten the prompt"
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -344,8 +400,9 @@ pub fn prepare_completion(
     };
     check_prompts_nonempty(&prompts, catalog, &guidance, "prompt")?;
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let max_tokens =
-        fit_context(longest, req.sampling.max_tokens, DEFAULT_COMPLETION_MAX_TOKENS, catalog.max_context)?;
+    check_prompt_limit(longest, cfg, "prompt")?;
+    let default = DEFAULT_COMPLETION_MAX_TOKENS.min(cfg.max_tokens_limit.unwrap_or(u32::MAX));
+    let max_tokens = fit_context(longest, req.sampling.max_tokens, default, catalog.max_context)?;
     Ok(assemble(
         request_id,
         catalog,
@@ -377,7 +434,16 @@ pub fn prepare_chat(
         let param = if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
         return Err(RouterError::invalid(param, format!("`{param}` must be at least 1, got 0")));
     }
-    let (params, stops, stream, include_usage) = check_sampling(&sampling, cfg)?;
+    let (params, stops, stream, include_usage) =
+        check_sampling(&sampling, cfg).map_err(|e| match (e, req.max_completion_tokens.is_some()) {
+            (RouterError::InvalidRequest { message, param: Some(p) }, true) if p == "max_tokens" => {
+                RouterError::invalid(
+                    "max_completion_tokens",
+                    message.replace("max_tokens", "max_completion_tokens"),
+                )
+            }
+            (e, _) => e,
+        })?;
     if req.messages.is_empty() {
         return Err(RouterError::invalid("messages", "`messages` is empty; send at least one message"));
     }
@@ -406,8 +472,10 @@ pub fn prepare_chat(
         .collect::<Result<_, _>>()?;
     check_prompts_nonempty(&prompts, catalog, &guidance, "messages")?;
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    check_prompt_limit(longest, cfg, "messages")?;
+    let default = cfg.max_tokens_limit.unwrap_or(u32::MAX);
     let max_tokens =
-        fit_context(longest, sampling.max_tokens, u32::MAX, catalog.max_context).map_err(|e| {
+        fit_context(longest, sampling.max_tokens, default, catalog.max_context).map_err(|e| {
             match (e, req.max_completion_tokens.is_some()) {
                 (RouterError::InvalidRequest { message, param: Some(p) }, true) if p == "max_tokens" => {
                     RouterError::invalid(
@@ -444,7 +512,7 @@ mod tests {
     }
 
     fn cfg() -> ValidationConfig {
-        ValidationConfig { served_model: "tiny".into(), default_guidance: vec![], max_stop_sequences: 4 }
+        ValidationConfig::new("tiny")
     }
 
     fn completion(v: serde_json::Value) -> Result<Prepared, RouterError> {
@@ -560,6 +628,49 @@ mod tests {
         // A defaulted max_tokens is clamped to the room left.
         let p = completion(serde_json::json!({"prompt": vec![1; 60]})).unwrap();
         assert_eq!(p.gen.max_tokens, 4);
+    }
+
+    #[test]
+    fn the_operator_limits_are_enforced_naming_the_flag() {
+        let c = catalog();
+        let mut cfg = cfg();
+        cfg.max_prompt_tokens = Some(3);
+        cfg.max_tokens_limit = Some(5);
+        cfg.max_stop_length = 4;
+        let run = |v: serde_json::Value, cfg: &ValidationConfig| {
+            let mut base = serde_json::json!({"model": "tiny", "prompt": [1, 2]});
+            for (k, x) in v.as_object().unwrap() {
+                base[k] = x.clone();
+            }
+            prepare_completion(serde_json::from_value(base).unwrap(), "c".into(), &c, cfg)
+        };
+        let (msg, p, s) = err_of(run(serde_json::json!({"prompt": [1, 2, 3, 4]}), &cfg));
+        assert_eq!((p.as_deref(), s), (Some("prompt"), 400));
+        assert!(msg.contains("--max-prompt-tokens") && msg.contains('4') && msg.contains('3'), "{msg}");
+        run(serde_json::json!({"prompt": [1, 2, 3]}), &cfg).expect("at the limit");
+        let (msg, p, _) = err_of(run(serde_json::json!({"max_tokens": 6}), &cfg));
+        assert_eq!(p.as_deref(), Some("max_tokens"));
+        assert!(msg.contains("--max-tokens-limit") && msg.contains('6'), "{msg}");
+        assert_eq!(run(serde_json::json!({"max_tokens": 5}), &cfg).unwrap().gen.max_tokens, 5);
+        assert_eq!(run(serde_json::json!({}), &cfg).unwrap().gen.max_tokens, 5, "the default is capped");
+        let (msg, p, _) = err_of(run(serde_json::json!({"stop": ["abcde"]}), &cfg));
+        assert_eq!(p.as_deref(), Some("stop"));
+        assert!(msg.contains("--max-stop-length") && msg.contains('5'), "{msg}");
+        run(serde_json::json!({"stop": ["abcd"]}), &cfg).expect("at the limit");
+        // Chat: the limit names the field the client used, and a missing one is capped.
+        let chat = |v: serde_json::Value| {
+            let mut base =
+                serde_json::json!({"model": "tiny", "messages": [{"role": "user", "content": "Hi"}]});
+            for (k, x) in v.as_object().unwrap() {
+                base[k] = x.clone();
+            }
+            let mut cfg = cfg.clone();
+            cfg.max_prompt_tokens = None;
+            prepare_chat(serde_json::from_value(base).unwrap(), "c".into(), &c, &cfg)
+        };
+        let (msg, p, _) = err_of(chat(serde_json::json!({"max_completion_tokens": 9})));
+        assert_eq!(p.as_deref(), Some("max_completion_tokens"), "{msg}");
+        assert_eq!(chat(serde_json::json!({})).unwrap().gen.max_tokens, 5);
     }
 
     #[test]

@@ -58,12 +58,16 @@ pub struct WorkersConfig {
     pub etcd: Option<EtcdConfig>,
     /// How long startup waits for every worker.
     pub connect_timeout: Duration,
-    /// Timeout of one `Step` call.
+    /// Timeout of one call other than `Step` (health checks, `Info`, `Release`).
     pub call_timeout: Duration,
+    /// The per-step watchdog: timeout of one `Step` call (`--step-timeout-secs`).
+    pub step_timeout: Duration,
     /// Period of health checks and re-probes.
     pub reprobe: Duration,
     /// gRPC message size limit, both directions.
     pub max_message_bytes: usize,
+    /// Mutual TLS to every worker (`--tls-*`); `None`: plaintext.
+    pub tls: Option<genarm_tls::ClientTls>,
 }
 
 /// etcd discovery settings.
@@ -73,6 +77,8 @@ pub struct EtcdConfig {
     pub endpoints: Vec<String>,
     /// The cluster name (key prefix `/genarm/<cluster>/workers/`).
     pub cluster: String,
+    /// TLS and authentication to etcd (`--etcd-ca` etc.).
+    pub security: genarm_discovery::EtcdSecurity,
 }
 
 /// What the router knows about one model (from its worker's `Info`).
@@ -213,6 +219,10 @@ struct Member {
     /// Set when the member left the pool; its monitor then ends.
     removed: AtomicBool,
     wake: Notify,
+    /// Sequences this member may still hold after it failed (a Step that timed out may still
+    /// complete on a stalled worker): released by its monitor when it answers again, before it
+    /// is marked ready (so that no replay placed on it afterwards can be released by mistake).
+    pending_release: Mutex<Vec<u64>>,
 }
 
 /// One model of the catalog (backend index) and the workers serving it (replicas): each
@@ -232,6 +242,36 @@ struct Slot {
 }
 
 impl Member {
+    /// Queues `ids` for release when the member answers again (see `pending_release`).
+    fn defer_release(&self, ids: Vec<u64>) {
+        if ids.is_empty() {
+            return;
+        }
+        self.pending_release.lock().unwrap_or_else(|e| e.into_inner()).extend(ids);
+        self.wake.notify_one();
+    }
+
+    /// Releases the deferred sequences; false (they stay queued) if the worker does not answer.
+    async fn flush_releases(&self, timeout: Duration) -> bool {
+        let ids = std::mem::take(&mut *self.pending_release.lock().unwrap_or_else(|e| e.into_inner()));
+        if ids.is_empty() {
+            return true;
+        }
+        let mut client = self.client.clone();
+        let n = ids.len();
+        match tokio::time::timeout(timeout, client.release(ReleaseRequest { seq_ids: ids.clone() })).await {
+            Ok(Ok(r)) => {
+                tracing::info!(url = %self.url, sequences = n, held = r.into_inner().released,
+                    "released the sequences a failed call left on the worker");
+                true
+            }
+            Ok(Err(_)) | Err(_) => {
+                self.pending_release.lock().unwrap_or_else(|e| e.into_inner()).extend(ids);
+                false
+            }
+        }
+    }
+
     /// Ready and still in the pool.
     fn usable(&self) -> bool {
         self.ready.load(Ordering::SeqCst) && !self.removed.load(Ordering::SeqCst)
@@ -296,6 +336,7 @@ pub struct Workers {
     slots: Vec<Slot>,
     catalog: Arc<Catalog>,
     call_timeout: Duration,
+    step_timeout: Duration,
     reprobe: Duration,
 }
 
@@ -307,17 +348,24 @@ impl std::fmt::Debug for Workers {
     }
 }
 
-/// Clients for one URL (the channel connects lazily and reconnects by itself).
+/// Clients for one URL (the channel connects lazily and reconnects by itself), over mutual TLS
+/// when `tls` is given.
 fn clients(
     url: &str,
     max_message_bytes: usize,
+    tls: Option<&genarm_tls::ClientTls>,
 ) -> anyhow::Result<(WorkerClient<Channel>, HealthClient<Channel>)> {
-    let endpoint = Endpoint::from_shared(url.to_string())
+    let mut endpoint = Endpoint::from_shared(url.to_string())
         .with_context(|| format!("worker URL `{url}` is not a valid URL"))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(20));
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls.config())
+            .with_context(|| format!("cannot set up TLS to the worker at {url} (--tls-*)"))?;
+    }
     let channel = endpoint.connect_lazy();
     let client = WorkerClient::new(channel.clone())
         .max_decoding_message_size(max_message_bytes)
@@ -447,20 +495,35 @@ enum Event {
 
 /// Probes `c` until it is SERVING and answers `Info` (until `deadline` for static members; for
 /// discovered ones until the probe is cancelled because the key went away).
+/// How a probe's error starts when the TLS handshake failed for a reason retrying cannot fix.
+const TLS_REFUSED: &str = "TLS handshake failed: ";
+
+/// A certificate failure (wrong name, unknown CA, refused client certificate) is not transient:
+/// a static member fails at once with the reason and a hint naming the flag to fix.
 async fn probe_task(
     c: Candidate,
     seq: u64,
     max_message_bytes: usize,
+    tls: Option<genarm_tls::ClientTls>,
     deadline: Option<tokio::time::Instant>,
     tx: mpsc::UnboundedSender<Event>,
 ) {
     let result = async {
-        let (mut client, mut health) = clients(&c.url, max_message_bytes).map_err(|e| format!("{e:#}"))?;
+        let (mut client, mut health) =
+            clients(&c.url, max_message_bytes, tls.as_ref()).map_err(|e| format!("{e:#}"))?;
         let mut attempt = 0u32;
         loop {
             match probe(&mut client, &mut health, Duration::from_secs(10)).await {
                 Ok(info) => return Ok(Box::new(info)),
-                Err(why) => {
+                Err(mut why) => {
+                    let hint =
+                        tls.as_ref().and_then(|t| genarm_tls::hint_for(&why, Some(&t.expected_name(&c.url))));
+                    if let Some(hint) = hint {
+                        why = format!("{why}; {hint}");
+                        if c.is_static {
+                            return Err(format!("{TLS_REFUSED}{why}"));
+                        }
+                    }
                     if let Some(deadline) = deadline {
                         if tokio::time::Instant::now() >= deadline {
                             return Err(why);
@@ -514,11 +577,23 @@ impl Membership {
             return;
         }
         self.removed(&c.key);
+        if let Err(e) = genarm_tls::check_worker_url(&c.url, self.cfg.tls.as_ref(), "the registered address")
+        {
+            tracing::error!(worker = %self.what(&c), key = %c.key, "refused worker: {e}");
+            return;
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         let deadline = c.is_static.then_some(self.deadline);
-        let handle =
-            tokio::spawn(probe_task(c.clone(), seq, self.cfg.max_message_bytes, deadline, self.tx.clone()));
+        let tls = self.cfg.tls.clone();
+        let handle = tokio::spawn(probe_task(
+            c.clone(),
+            seq,
+            self.cfg.max_message_bytes,
+            tls,
+            deadline,
+            self.tx.clone(),
+        ));
         self.probing.insert(c.key.clone(), (seq, handle.abort_handle()));
         self.known.insert(c.key.clone(), c);
     }
@@ -590,6 +665,7 @@ impl Membership {
                     let what = self.what(&c);
                     let info = match result {
                         Ok(info) => *info,
+                        Err(why) if why.starts_with(TLS_REFUSED) => bail!("{what} refused: {why}"),
                         Err(why) => bail!(
                             "{what} did not become ready within {:?} (last: {why}); check that it runs \
                              and that the URL is right (--worker-connect-timeout-secs to wait longer)",
@@ -751,7 +827,7 @@ fn admit(w: &Arc<Workers>, weak: &Weak<Workers>, c: Candidate, info: &InfoRespon
         tracing::error!(worker = %what, key = %c.key, "refused worker: {reason}");
         return;
     }
-    let (client, health) = match clients(&c.url, ms.cfg.max_message_bytes) {
+    let (client, health) = match clients(&c.url, ms.cfg.max_message_bytes, ms.cfg.tls.as_ref()) {
         Ok(x) => x,
         Err(e) => {
             tracing::error!(worker = %what, "refused worker: {e:#}");
@@ -766,6 +842,7 @@ fn admit(w: &Arc<Workers>, weak: &Weak<Workers>, c: Candidate, info: &InfoRespon
         ready: AtomicBool::new(true),
         removed: AtomicBool::new(false),
         wake: Notify::new(),
+        pending_release: Mutex::new(Vec::new()),
     });
     let mut members = slot.members.write().unwrap_or_else(|e| e.into_inner());
     members.retain(|m| m.key != c.key);
@@ -808,7 +885,7 @@ impl Workers {
         }
         if let Some(etcd) = &cfg.etcd {
             let prefix = genarm_discovery::workers_prefix(&etcd.cluster)?;
-            let mut watch = genarm_discovery::watch(&etcd.endpoints, &prefix).await?;
+            let mut watch = genarm_discovery::watch_with(&etcd.endpoints, &etcd.security, &prefix).await?;
             tracing::info!(etcd = %etcd.endpoints.join(","), %prefix, "watching etcd for workers");
             let tx = tx.clone();
             let slot_names = slot_names.clone();
@@ -854,7 +931,7 @@ impl Workers {
         let mut slots = Vec::new();
         let mut members = Vec::new();
         for p in firsts {
-            let (client, health) = clients(&p.cand.url, cfg.max_message_bytes)?;
+            let (client, health) = clients(&p.cand.url, cfg.max_message_bytes, cfg.tls.as_ref())?;
             let member = Arc::new(Member {
                 key: p.cand.key.clone(),
                 url: p.cand.url.clone(),
@@ -863,6 +940,7 @@ impl Workers {
                 ready: AtomicBool::new(true),
                 removed: AtomicBool::new(false),
                 wake: Notify::new(),
+                pending_release: Mutex::new(Vec::new()),
             });
             members.push(Arc::clone(&member));
             slots.push(Slot {
@@ -878,8 +956,13 @@ impl Workers {
                 turn: AtomicUsize::new(0),
             });
         }
-        let workers =
-            Arc::new(Workers { slots, catalog, call_timeout: cfg.call_timeout, reprobe: cfg.reprobe });
+        let workers = Arc::new(Workers {
+            slots,
+            catalog,
+            call_timeout: cfg.call_timeout,
+            step_timeout: cfg.step_timeout,
+            reprobe: cfg.reprobe,
+        });
         for (m, member) in members.into_iter().enumerate() {
             tokio::spawn(monitor(Arc::downgrade(&workers), m, member));
         }
@@ -915,6 +998,13 @@ async fn monitor(workers: Weak<Workers>, m: ModelIndex, member: Arc<Member>) {
         if member.removed.load(Ordering::SeqCst) {
             return;
         }
+        // Sequences a failed call left behind are freed before the member serves again.
+        let probed = match probed {
+            Ok(info) if !member.flush_releases(w.call_timeout.min(Duration::from_secs(10))).await => {
+                Err(format!("answers health checks but not Release (model {})", info.model_id))
+            }
+            other => other,
+        };
         match (ready, probed) {
             (true, Err(why)) => {
                 tracing::error!(worker = %name, reason = %why, "worker failed its health check: not ready");
@@ -1018,11 +1108,7 @@ impl StepBackend for Workers {
             }
         }
         for (m, id) in orphans {
-            let mut client = m.client.clone();
-            tokio::spawn(async move {
-                let release = client.release(ReleaseRequest { seq_ids: vec![id] });
-                let _ = tokio::time::timeout(Duration::from_secs(10), release).await;
-            });
+            m.defer_release(vec![id]);
         }
         if groups.is_empty() && !slot.any_usable() {
             return Err(CallError(format!("{} has no ready worker", slot.label)));
@@ -1055,12 +1141,9 @@ impl StepBackend for Workers {
                         keep
                     });
                     if !member.removed.load(Ordering::SeqCst) {
-                        // Best effort, in case the worker is alive (a timeout): free their KV.
-                        let mut client = member.client.clone();
-                        tokio::spawn(async move {
-                            let release = client.release(ReleaseRequest { seq_ids: dropped });
-                            let _ = tokio::time::timeout(Duration::from_secs(10), release).await;
-                        });
+                        // In case the worker is alive (a timeout): its monitor frees their KV when
+                        // it answers again, before it serves steps again.
+                        member.defer_release(dropped);
                     }
                     for i in idx {
                         outcomes[i] = Some(SeqOutcome::Error {
@@ -1150,9 +1233,15 @@ impl Workers {
         };
         let mut client = member.client.clone();
         let resp =
-            tokio::time::timeout(self.call_timeout, client.step(genarm_telemetry::traced_request(req)))
+            tokio::time::timeout(self.step_timeout, client.step(genarm_telemetry::traced_request(req)))
                 .await
-                .map_err(|_| CallError(format!("no answer to Step within {:?}", self.call_timeout)))?
+                .map_err(|_| {
+                    CallError(format!(
+                        "no answer to Step within {} s (--step-timeout-secs): the worker is stalled or \
+                         overloaded",
+                        self.step_timeout.as_secs_f64()
+                    ))
+                })?
                 .map_err(|s| CallError(describe_status(&s)))?
                 .into_inner();
         if resp.results.len() != ids.len() {

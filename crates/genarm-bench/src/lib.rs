@@ -1,0 +1,62 @@
+//! `genarm bench`: an async load generator over the router's OpenAI HTTP API. For every
+//! concurrency level (and unguided and/or guided), it sends warm-up requests, then a fixed
+//! number of requests (or requests for a fixed duration) with exactly C streamed chat
+//! completions in flight, measures TTFT and inter-token latency from the SSE chunk arrival
+//! times, scrapes the router's `/metrics` before and after for the per-step accounting, and
+//! writes `bench.json`, `bench.md`, `throughput.png` and `latency.png`.
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod accounting;
+pub mod client;
+pub mod prom;
+pub mod prompts;
+pub mod report;
+pub mod run;
+pub mod sse;
+pub mod stats;
+
+pub use report::{BenchReport, RunReport};
+pub use run::{parse_guidance, run_bench, Amount, BenchConfig};
+
+/// Everything `genarm bench` can fail on.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Arguments that are malformed or do not fit together.
+    #[error("{0}")]
+    Usage(String),
+    /// A bad prompt file.
+    #[error("prompt file {path}, line {line}: {reason}")]
+    Prompts {
+        /// The file.
+        path: String,
+        /// 1-based line (0: the whole file).
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The router could not be used.
+    #[error("router at {url}: {reason}")]
+    Router {
+        /// Its URL.
+        url: String,
+        /// What went wrong and what to do.
+        reason: String,
+    },
+    /// Reading or writing a file.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A plot could not be drawn.
+    #[error("drawing {file}")]
+    Plot {
+        /// The PNG file.
+        file: String,
+        /// The cause.
+        source: genarm_plot::PlotError,
+    },
+}
