@@ -129,15 +129,17 @@ fn bench_reports_consistent_runs_for_unguided_and_guided_load() {
         for key in
             ["mean_step_wall_s", "mean_slowest_forward_s", "mean_router_overhead_s", "wire_bytes_per_step"]
         {
-            if let Some(v) = acc[key].as_f64() {
-                assert!(v > 0.0, "{label}: {key} = {v}");
-            }
+            // The router exports the per-step accounting: every figure is present and positive.
+            let v = acc[key].as_f64().unwrap_or_else(|| panic!("{label}: {key} missing in {acc}"));
+            assert!(v > 0.0, "{label}: {key} = {v}");
         }
-        if let (Some(wall), Some(fwd)) =
-            (acc["mean_step_wall_s"].as_f64(), acc["mean_slowest_forward_s"].as_f64())
-        {
-            assert!(fwd <= wall, "{label}: slowest forward {fwd} > step wall {wall}");
-        }
+        let (wall, fwd) = (f(acc, "/mean_step_wall_s"), f(acc, "/mean_slowest_forward_s"));
+        assert!(fwd <= wall, "{label}: slowest forward {fwd} > step wall {wall}");
+        let overhead = f(acc, "/mean_router_overhead_s");
+        assert!(
+            (wall - fwd - overhead).abs() <= 1e-3 * wall.max(1e-3),
+            "{label}: {wall} - {fwd} != {overhead}"
+        );
         all_tokens += (tokens
             + r["failed_output_tokens"].as_u64().unwrap()
             + r["warmup_output_tokens"].as_u64().unwrap()) as f64;

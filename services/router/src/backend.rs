@@ -3,6 +3,7 @@
 //! ([`crate::workers::Workers`]) or by an in-process fake in unit tests.
 
 use std::future::Future;
+use std::time::Duration;
 
 use genarm_fusion::WireDtype;
 pub use genarm_proto::prost::bytes::Bytes;
@@ -52,6 +53,18 @@ pub enum SeqOutcome {
     },
 }
 
+/// A worker's answer to one batched step, with the accounting the router exports per step.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StepReply {
+    /// One outcome per sequence of the step, in order.
+    pub outcomes: Vec<SeqOutcome>,
+    /// The forward time the worker reported (the slowest replica's, when the step was split
+    /// over several replicas).
+    pub forward: Duration,
+    /// Bytes of the step's requests and replies as encoded on the wire (protobuf payloads).
+    pub wire_bytes: u64,
+}
+
 /// A failed call: transport error, timeout, or an error status for the whole call.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]
@@ -76,7 +89,7 @@ pub trait StepBackend: WorkerHealth {
     /// background until it answers.
     fn mark_failed(&self, model: ModelIndex, reason: &str);
 
-    /// One batched step on `model`'s worker. The result has one outcome per entry of `seqs`, in
+    /// One batched step on `model`'s worker. The reply has one outcome per entry of `seqs`, in
     /// order; logits are cut to `logits_len` and packed as `dtype`.
     fn step(
         &self,
@@ -84,7 +97,7 @@ pub trait StepBackend: WorkerHealth {
         seqs: Vec<SeqStep>,
         logits_len: u32,
         dtype: WireDtype,
-    ) -> impl Future<Output = Result<Vec<SeqOutcome>, CallError>> + Send;
+    ) -> impl Future<Output = Result<StepReply, CallError>> + Send;
 
     /// Frees sequences on `model`'s worker (unknown ids are ignored by workers).
     fn release(

@@ -130,6 +130,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // when `stop_tx` says so, once the drain is over.
     let (stop_tx, stop_rx) = watch::channel(false);
     let app = router(Arc::clone(&state));
+    // TCP_NODELAY: streamed tokens are small writes; without it, Nagle's algorithm holds one
+    // back until the client's delayed ACK (~40 ms) on a reused keep-alive connection.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an HTTP connection");
+        }
+    });
     let mut serve =
         tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(until_true(stop_rx)).into_future());
 

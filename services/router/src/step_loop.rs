@@ -128,12 +128,18 @@ impl<B: StepBackend> Scheduler<B> {
         let mut fates: BTreeMap<usize, Fate> = stuck;
         let mut kv_exhausted: Vec<usize> = Vec::new();
         let mut replay_release: Vec<Vec<u64>> = vec![Vec::new(); n_models];
+        let mut slowest_forward = std::time::Duration::ZERO;
         for (m, result, elapsed) in results {
             self.metrics.worker_step(m, elapsed);
             let list = &targets[m];
             let outcomes = match result {
-                Ok(o) if o.len() == list.len() => o,
-                Ok(o) => {
+                Ok(reply) if reply.outcomes.len() == list.len() => {
+                    slowest_forward = slowest_forward.max(reply.forward);
+                    self.metrics.step_wire_bytes.increment(reply.wire_bytes);
+                    reply.outcomes
+                }
+                Ok(reply) => {
+                    let o = reply.outcomes;
                     let msg = format!("answered {} results for a step of {} sequences", o.len(), list.len());
                     self.worker_failed(m, &msg, list, &mut fates);
                     continue;
@@ -226,7 +232,10 @@ impl<B: StepBackend> Scheduler<B> {
         // 6. Remove finished / failed / requeued sequences; release them everywhere.
         self.finish_step(fates, replay_release).await;
         self.metrics.batch_size.set(self.running.len() as f64);
-        self.metrics.step_duration.record(step_started.elapsed().as_secs_f64());
+        let wall = step_started.elapsed();
+        self.metrics.step_duration.record(wall.as_secs_f64());
+        self.metrics.step_worker_forward.record(slowest_forward.as_secs_f64());
+        self.metrics.step_router_overhead.record(wall.saturating_sub(slowest_forward).as_secs_f64());
     }
 
     /// A worker call failed as a whole: every sequence of this step that used it fails; the

@@ -36,6 +36,8 @@ pub const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
     ("genarm_step_duration_seconds", STEP_SECONDS_BUCKETS),
     ("genarm_backend_step_duration_seconds", STEP_SECONDS_BUCKETS),
     ("genarm_fusion_sampling_seconds", FUSION_SECONDS_BUCKETS),
+    ("genarm_step_worker_forward_seconds", STEP_SECONDS_BUCKETS),
+    ("genarm_step_router_overhead_seconds", STEP_SECONDS_BUCKETS),
 ];
 
 /// How often histogram samples are folded into their buckets when nobody scrapes.
@@ -78,6 +80,7 @@ pub fn register_zeroes() {
         "genarm_replays_total",
         "genarm_failovers_total",
         "genarm_preemptions_total",
+        "genarm_step_wire_bytes_total",
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -117,6 +120,20 @@ pub fn describe() {
     describe_histogram!(
         "genarm_fusion_sampling_seconds",
         "Time of one step's logit unpacking, fusion and sampling over the whole batch, in seconds"
+    );
+    describe_histogram!(
+        "genarm_step_worker_forward_seconds",
+        "The slowest worker's self-reported forward time in one step (the step's critical path on the \
+         workers), in seconds"
+    );
+    describe_histogram!(
+        "genarm_step_router_overhead_seconds",
+        "Step wall time minus the slowest worker's forward time: the wire, (de)serialization, fusion, \
+         sampling and scheduling that the router adds to a step, in seconds"
+    );
+    describe_counter!(
+        "genarm_step_wire_bytes_total",
+        "Bytes of Step requests and replies on the wire (encoded protobuf payloads), all workers"
     );
     describe_counter!(
         "genarm_replays_total",
@@ -162,6 +179,12 @@ pub struct SchedMetrics {
     pub step_duration: Histogram,
     /// `genarm_fusion_sampling_seconds`.
     pub fusion_sampling: Histogram,
+    /// `genarm_step_worker_forward_seconds`.
+    pub step_worker_forward: Histogram,
+    /// `genarm_step_router_overhead_seconds`.
+    pub step_router_overhead: Histogram,
+    /// `genarm_step_wire_bytes_total`.
+    pub step_wire_bytes: Counter,
     /// `genarm_replays_total`.
     pub replays: Counter,
     /// `genarm_failovers_total`.
@@ -189,6 +212,9 @@ impl SchedMetrics {
             step_sequences: metrics::counter!("genarm_step_sequences_total"),
             step_duration: metrics::histogram!("genarm_step_duration_seconds"),
             fusion_sampling: metrics::histogram!("genarm_fusion_sampling_seconds"),
+            step_worker_forward: metrics::histogram!("genarm_step_worker_forward_seconds"),
+            step_router_overhead: metrics::histogram!("genarm_step_router_overhead_seconds"),
+            step_wire_bytes: metrics::counter!("genarm_step_wire_bytes_total"),
             replays: metrics::counter!("genarm_replays_total"),
             failovers: metrics::counter!("genarm_failovers_total"),
             preemptions: metrics::counter!("genarm_preemptions_total"),

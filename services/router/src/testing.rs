@@ -12,7 +12,7 @@ use genarm_fusion::{fuse, pack, ArmTerm, Sampler, SamplingParams, WireDtype};
 use genarm_text::ModelText;
 
 use crate::backend::{
-    Bytes, CallError, ModelIndex, SeqErrorKind, SeqOutcome, SeqStep, StepBackend, WorkerHealth,
+    Bytes, CallError, ModelIndex, SeqErrorKind, SeqOutcome, SeqStep, StepBackend, StepReply, WorkerHealth,
 };
 use crate::scheduler::{Detokenizer, TextStep};
 use crate::workers::{Catalog, ModelEntry};
@@ -122,7 +122,8 @@ impl StepBackend for FakeBackend {
         seqs: Vec<SeqStep>,
         logits_len: u32,
         dtype: WireDtype,
-    ) -> Result<Vec<SeqOutcome>, CallError> {
+    ) -> Result<StepReply, CallError> {
+        let started = std::time::Instant::now();
         tokio::time::sleep(self.delay).await;
         let mut st = self.state(model);
         st.steps.push(seqs.iter().map(|s| s.seq_id).collect());
@@ -177,7 +178,9 @@ impl StepBackend for FakeBackend {
             pack(&logits, dtype, &mut bytes);
             out.push(SeqOutcome::Logits(Bytes::from(bytes)));
         }
-        Ok(out)
+        let wire_bytes =
+            out.iter().map(|o| if let SeqOutcome::Logits(b) = o { b.len() as u64 } else { 0 }).sum();
+        Ok(StepReply { outcomes: out, forward: started.elapsed(), wire_bytes })
     }
 
     async fn release(&self, model: ModelIndex, seq_ids: Vec<u64>) -> Result<(), CallError> {

@@ -30,6 +30,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use genarm_discovery::MembershipEvent;
 use genarm_fusion::WireDtype;
+use genarm_proto::prost::Message as _;
 use genarm_proto::v1::seq_result::Outcome;
 use genarm_proto::v1::worker_client::WorkerClient;
 use genarm_proto::v1::{
@@ -44,7 +45,9 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use tracing::Instrument as _;
 
-use crate::backend::{CallError, ModelIndex, SeqErrorKind, SeqOutcome, SeqStep, StepBackend, WorkerHealth};
+use crate::backend::{
+    CallError, ModelIndex, SeqErrorKind, SeqOutcome, SeqStep, StepBackend, StepReply, WorkerHealth,
+};
 
 /// Where to find the workers and how to talk to them.
 #[derive(Debug, Clone)]
@@ -1065,7 +1068,7 @@ impl StepBackend for Workers {
         seqs: Vec<SeqStep>,
         logits_len: u32,
         dtype: WireDtype,
-    ) -> Result<Vec<SeqOutcome>, CallError> {
+    ) -> Result<StepReply, CallError> {
         let slot = self.slots.get(model).ok_or_else(|| CallError(format!("no worker #{model}")))?;
         let n = seqs.len();
         let mut outcomes: Vec<Option<SeqOutcome>> = vec![None; n];
@@ -1119,9 +1122,13 @@ impl StepBackend for Workers {
             (member, idx, r)
         });
         let mut last_error = None;
+        let mut forward = Duration::ZERO;
+        let mut wire_bytes = 0u64;
         for (member, idx, r) in futures::future::join_all(calls).await {
             match r {
-                Ok(outs) => {
+                Ok((outs, member_forward, member_bytes)) => {
+                    forward = forward.max(member_forward);
+                    wire_bytes += member_bytes;
                     for (i, o) in idx.into_iter().zip(outs) {
                         outcomes[i] = Some(o);
                     }
@@ -1161,12 +1168,13 @@ impl StepBackend for Workers {
                 return Err(e);
             }
         }
-        Ok(outcomes
+        let outcomes = outcomes
             .into_iter()
             .map(|o| {
                 o.unwrap_or(SeqOutcome::Error { kind: SeqErrorKind::Invalid, message: "no outcome".into() })
             })
-            .collect())
+            .collect();
+        Ok(StepReply { outcomes, forward, wire_bytes })
     }
 
     async fn release(&self, model: ModelIndex, seq_ids: Vec<u64>) -> Result<(), CallError> {
@@ -1206,7 +1214,8 @@ impl StepBackend for Workers {
 }
 
 impl Workers {
-    /// One `Step` call on one member; per-sequence outcomes in order.
+    /// One `Step` call on one member: per-sequence outcomes in order, the forward time the worker
+    /// reported, and the bytes of the request and the reply.
     #[tracing::instrument(name = "router.worker_step", skip_all,
         fields(worker = %slot.label, url = %member.url, seqs = seqs.len()))]
     async fn step_on(
@@ -1216,7 +1225,7 @@ impl Workers {
         seqs: Vec<SeqStep>,
         logits_len: u32,
         dtype: WireDtype,
-    ) -> Result<Vec<SeqOutcome>, CallError> {
+    ) -> Result<(Vec<SeqOutcome>, Duration, u64), CallError> {
         let ids: Vec<u64> = seqs.iter().map(|s| s.seq_id).collect();
         let req = StepRequest {
             reward_name: slot.reward_name.clone(),
@@ -1231,6 +1240,7 @@ impl Workers {
             logits_dtype: proto_dtype(dtype) as i32,
             logits_len,
         };
+        let request_bytes = req.encoded_len() as u64;
         let mut client = member.client.clone();
         let resp =
             tokio::time::timeout(self.step_timeout, client.step(genarm_telemetry::traced_request(req)))
@@ -1251,7 +1261,10 @@ impl Workers {
                 ids.len()
             )));
         }
-        resp.results
+        let wire_bytes = request_bytes + resp.encoded_len() as u64;
+        let forward = Duration::from_micros(resp.forward_micros);
+        let outcomes = resp
+            .results
             .into_iter()
             .zip(ids)
             .map(|(r, id)| {
@@ -1266,7 +1279,8 @@ impl Workers {
                     None => SeqOutcome::Error { kind: SeqErrorKind::Invalid, message: "no outcome".into() },
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, CallError>>()?;
+        Ok((outcomes, forward, wire_bytes))
     }
 }
 
