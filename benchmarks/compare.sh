@@ -79,7 +79,7 @@ ref_g = json.load(open(f"{work}/ref_guided.json"))
 ref_u = json.load(open(f"{work}/ref_unguided.json"))
 def genarm(c, guided):
     for r in bench["runs"]:
-        if r["concurrency"] == c and bool(r.get("guided")) == guided:
+        if r["concurrency"] == c and r["mode"] == ("guided" if guided else "unguided"):
             return r["output_tokens_per_s"]
     raise SystemExit(f"no bench run at concurrency {c} guided={guided}")
 print()

@@ -106,7 +106,8 @@ def main():
     prompts = read_prompts(args.prompts, args.limit)
     encoded = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True)
                for p in prompts]
-    encoded = [e["input_ids"] if isinstance(e, dict) else list(e) for e in encoded]
+    # transformers 5 returns a BatchEncoding, 4.x a plain list of ids.
+    encoded = [list(e["input_ids"]) if hasattr(e, "keys") else list(e) for e in encoded]
     gen = torch.Generator().manual_seed(args.seed)
     for ids in encoded[: args.warmup]:
         generate(base, arms, ids, 4, args.temperature, args.top_k, args.top_p, eos_ids, gen)

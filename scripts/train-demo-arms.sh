@@ -5,7 +5,8 @@
 #   2. the training prompts (`genarm demo-prompts`: topics disjoint from the evaluation prompts);
 #   3. SAMPLES responses per prompt sampled from the base through a local cluster, scored by the
 #      deterministic demo scorers (crates/genarm-demo/src/scorers.rs), (best, worst) pairs per
-#      objective (`genarm make-pairs`);
+#      objective (`genarm make-pairs`; for `concise` only a response that ended by itself may be
+#      chosen: trained on truncated "short" ones, the ARM learned to answer with dots);
 #   4. `genarm train-arm` per objective (LoRA on the base; PEFT adapter written to demo/arms/NAME).
 # Every step is seeded. Takes about an hour on 2 CPU cores (sampling ~15 min, training ~45 min). Usage: scripts/train-demo-arms.sh [WORKDIR]
 set -euo pipefail
@@ -50,7 +51,7 @@ done
 [[ -n "$URL" ]] || { echo "the cluster did not become ready in 300 s" >&2; cat "$LOG" >&2; exit 1; }
 "$GENARM" make-pairs --url "$URL" --prompts "$WORK/prompts/train.jsonl" --limit "$PROMPTS" \
     --samples "$SAMPLES" --max-tokens "$MAX_TOKENS" --temperature "$TEMPERATURE" --seed 1 \
-    --concurrency 16 --out "$WORK/pairs"
+    --concurrency 16 --require-finished concise --out "$WORK/pairs"
 kill -TERM -- "-$LAUNCH_PID" 2>/dev/null || true
 wait "$LAUNCH_PID" 2>/dev/null || true
 trap - EXIT
@@ -58,12 +59,13 @@ trap - EXIT
 # Both ARMs train at once, one thread each (as the committed adapters were made: the thread
 # count changes float summation order, so it is part of the recipe).
 PIDS=()
+declare -A EPOCHS_OF=([upbeat]="$EPOCHS" [concise]=3)   # concise has ~100 pairs, upbeat ~300
 for NAME in upbeat concise; do
     say "training the $NAME ARM (log: $WORK/train-$NAME.log)"
     "$GENARM" train-arm --model "$GGUF" --base-name "$BACKBONE_ID" \
         --data "$WORK/pairs/pairs-$NAME.jsonl" --out "$WORK/arms/$NAME" --overwrite \
         --beta-r "$BETA_R" --lora-rank "$LORA_RANK" --lora-alpha "$LORA_ALPHA" --lr "$LR" \
-        --warmup-steps 5 --epochs "$EPOCHS" --batch-size 4 --eval-steps 0 --seed 1 --threads 1 \
+        --warmup-steps 5 --epochs "${EPOCHS_OF[$NAME]}" --batch-size 4 --eval-steps 0 --seed 1 --threads 1 \
         >"$WORK/train-$NAME.log" 2>&1 &
     PIDS+=($!)
 done

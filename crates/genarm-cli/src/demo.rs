@@ -222,6 +222,14 @@ pub struct MakePairsArgs {
     /// Objectives to make pairs for (scorer names). Default: every demo objective.
     #[arg(long = "objective", env = "GENARM_OBJECTIVES", value_delimiter = ',')]
     pub objectives: Vec<String>,
+    /// Objectives whose chosen response must have ended by itself (not cut by --max-tokens),
+    /// e.g. `concise`: a truncated answer is not a concise one, whatever it scores.
+    #[arg(long = "require-finished", env = "GENARM_REQUIRE_FINISHED", value_delimiter = ',')]
+    pub require_finished: Vec<String>,
+    /// Re-label the responses of an earlier run (its `samples.jsonl`) instead of sampling: no
+    /// cluster is needed (`--url` is ignored).
+    #[arg(long, env = "GENARM_FROM_SAMPLES", value_name = "FILE")]
+    pub from_samples: Option<PathBuf>,
     /// Output directory: `samples.jsonl` and `pairs-<objective>.jsonl`.
     #[arg(long, env = "GENARM_OUT", value_name = "DIR")]
     pub out: PathBuf,
@@ -256,12 +264,30 @@ pub async fn make_pairs(args: MakePairsArgs) -> Result<()> {
         seed: args.seed,
         concurrency: args.concurrency,
     };
-    let started = std::time::Instant::now();
-    let samples = pairs::sample_all(&prompt_list, &options).await?;
-    eprintln!("make-pairs: {} samples in {:.0} s", samples.len(), started.elapsed().as_secs_f64());
+    let samples = match &args.from_samples {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            text.lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+                .map(|(i, l)| {
+                    serde_json::from_str::<pairs::Sample>(l)
+                        .with_context(|| format!("{} line {}: not a sample record", path.display(), i + 1))
+                })
+                .collect::<Result<Vec<_>>>()?
+        }
+        None => {
+            let started = std::time::Instant::now();
+            let samples = pairs::sample_all(&prompt_list, &options).await?;
+            eprintln!("make-pairs: {} samples in {:.0} s", samples.len(), started.elapsed().as_secs_f64());
+            samples
+        }
+    };
     pairs::write_jsonl(&args.out.join("samples.jsonl"), &samples)?;
     for scorer in objectives {
-        let made = pairs::pairs_for(&samples, scorer);
+        let made =
+            pairs::pairs_with(&samples, scorer, args.require_finished.iter().any(|n| n == scorer.name()));
         let path = args.out.join(format!("pairs-{}.jsonl", scorer.name()));
         pairs::write_jsonl(&path, &made)?;
         let gap: f64 = made.iter().map(|p| p.scores[0] - p.scores[1]).sum::<f64>() / made.len().max(1) as f64;

@@ -167,6 +167,13 @@ async fn chat(client: &reqwest::Client, url: &str, body: &serde_json::Value) -> 
 /// For every prompt, pairs its best- and worst-scoring samples under `scorer`; prompts whose
 /// samples all score the same give no pair.
 pub fn pairs_for(samples: &[Sample], scorer: &dyn Scorer) -> Vec<Pair> {
+    pairs_with(samples, scorer, false)
+}
+
+/// [`pairs_for`], where with `require_finished` only responses that ended by themselves (EOS or
+/// a stop string, not cut by `max_tokens`) may be chosen: a truncated answer is not concise,
+/// whatever it scores.
+pub fn pairs_with(samples: &[Sample], scorer: &dyn Scorer, require_finished: bool) -> Vec<Pair> {
     let mut by_prompt: BTreeMap<usize, Vec<&Sample>> = BTreeMap::new();
     for s in samples {
         by_prompt.entry(s.prompt_index).or_default().push(s);
@@ -175,10 +182,13 @@ pub fn pairs_for(samples: &[Sample], scorer: &dyn Scorer) -> Vec<Pair> {
     for group in by_prompt.values() {
         let scored: Vec<(f64, &Sample)> = group.iter().map(|s| (scorer.score(&s.text), *s)).collect();
         // Ties keep the earliest seed, so the choice is deterministic.
-        let best = scored.iter().fold(None::<&(f64, &Sample)>, |b, x| match b {
-            Some(b) if b.0 >= x.0 => Some(b),
-            _ => Some(x),
-        });
+        let best = scored.iter().filter(|x| !require_finished || x.1.finish_reason == "stop").fold(
+            None::<&(f64, &Sample)>,
+            |b, x| match b {
+                Some(b) if b.0 >= x.0 => Some(b),
+                _ => Some(x),
+            },
+        );
         let worst = scored.iter().fold(None::<&(f64, &Sample)>, |w, x| match w {
             Some(w) if w.0 <= x.0 => Some(w),
             _ => Some(x),
@@ -242,6 +252,15 @@ mod tests {
         assert_eq!(concise[0].chosen, "Wonderful.");
         // "It is fine." and "Great! I love it!" both have 3+ words; the longest is the latter.
         assert_eq!(concise[0].rejected, "Great! I love it!");
+
+        // Only finished responses may be chosen: a cut one loses even when it scores best.
+        let mut cut = samples.clone();
+        cut[2].finish_reason = "length".into();
+        let finished = pairs_with(&cut, &Concise, true);
+        assert_eq!(finished.len(), 1);
+        assert_eq!(finished[0].chosen, "It is fine.");
+        cut.iter_mut().for_each(|s| s.finish_reason = "length".into());
+        assert!(pairs_with(&cut, &Concise, true).is_empty());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Deterministic scorers of the demo objectives: `upbeat` (enthusiasm a reader sees) and
-//! `concise` (few words). They pull against each other: enthusiasm costs words.
+//! `concise` (few words and marks). They pull against each other: enthusiasm costs words.
 
 /// A deterministic score of a response's text for one objective; higher is better.
 pub trait Scorer: Sync {
@@ -72,7 +72,9 @@ impl Scorer for Upbeat {
     }
 }
 
-/// `concise`: minus the number of words.
+/// `concise`: minus the number of words and punctuation marks. Punctuation counts like a word
+/// so that a string of dots or list markers is not "concise": an ARM trained on words alone
+/// learned to answer with punctuation (reward hacking); this one has to learn to stop.
 pub struct Concise;
 
 impl Scorer for Concise {
@@ -80,10 +82,11 @@ impl Scorer for Concise {
         "concise"
     }
     fn describe(&self) -> &'static str {
-        "minus the number of words"
+        "minus the number of words and punctuation marks"
     }
     fn score(&self, text: &str) -> f64 {
-        -(words(text).count() as f64)
+        let marks = text.chars().filter(|c| c.is_ascii_punctuation() && *c != '\'').count();
+        -((words(text).count() + marks) as f64)
     }
 }
 
@@ -117,10 +120,12 @@ mod tests {
     }
 
     #[test]
-    fn concise_is_minus_the_word_count() {
-        assert_eq!(Concise.score("Paris."), -1.0);
-        assert_eq!(Concise.score("It's in France, near the river Seine."), -7.0);
+    fn concise_is_minus_the_words_and_punctuation_marks() {
+        assert_eq!(Concise.score("Paris."), -2.0);
+        assert_eq!(Concise.score("It's in France, near the river Seine."), -9.0);
         assert_eq!(Concise.score(""), 0.0);
+        // Dots are not an answer: no better than words.
+        assert!(Concise.score("...\n\n...\n\n...") < Concise.score("A dog."));
     }
 
     #[test]
