@@ -58,32 +58,10 @@ pub struct Pair {
     pub scores: [f64; 2],
 }
 
-/// Reads prompts: JSONL with `{"prompt": ...}` per line, or plain text, one prompt per line.
+/// Reads a prompt file ([`crate::prompts::parse_prompt_file`]).
 pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut prompts = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        if line.starts_with('{') {
-            #[derive(Deserialize)]
-            struct Rec {
-                prompt: String,
-            }
-            let rec: Rec = serde_json::from_str(line).with_context(|| {
-                format!("{} line {}: expected {{\"prompt\": \"...\"}}", path.display(), i + 1)
-            })?;
-            prompts.push(rec.prompt);
-        } else {
-            prompts.push(line.to_owned());
-        }
-    }
-    if prompts.is_empty() {
-        bail!("{} holds no prompts", path.display());
-    }
-    Ok(prompts)
+    Ok(crate::prompts::parse_prompt_file(&text, &path.display().to_string())?)
 }
 
 /// The served model's name, from `/v1/models`.
@@ -267,8 +245,8 @@ mod tests {
     fn reads_jsonl_and_plain_prompts_and_names_bad_lines() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("p.jsonl");
-        std::fs::write(&p, "{\"prompt\": \"a\"}\n\nplain b\n").unwrap();
-        assert_eq!(read_prompts(&p).unwrap(), vec!["a".to_string(), "plain b".to_string()]);
+        std::fs::write(&p, "{\"prompt\": \"a\"}\n\n{\"prompt\": \"b\"}\n").unwrap();
+        assert_eq!(read_prompts(&p).unwrap(), vec!["a".to_string(), "b".to_string()]);
         std::fs::write(&p, "{\"prompt\": \"a\"}\n{\"text\": 1}\n").unwrap();
         let err = format!("{:#}", read_prompts(&p).unwrap_err());
         assert!(err.contains("line 2"), "{err}");

@@ -152,6 +152,68 @@ pub fn eval_prompts() -> Vec<String> {
     expand(&TOPICS[TOPICS.len() - EVAL_TOPICS..])
 }
 
+/// A prompt file that cannot be used: which file, which line (0: the file as a whole), why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptFileError {
+    /// The file (or another name for the text's source).
+    pub path: String,
+    /// 1-based line number; 0 when the whole file is at fault.
+    pub line: usize,
+    /// What is wrong and how to fix it.
+    pub reason: String,
+}
+
+impl std::fmt::Display for PromptFileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.path, self.reason)
+        } else {
+            write!(f, "{} line {}: {}", self.path, self.line, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for PromptFileError {}
+
+/// Parses a prompt file, the format every genarm command that sends prompts reads
+/// (`genarm eval`, `genarm bench`, `genarm make-pairs`): if its first non-empty line starts with
+/// `{` it is JSONL, every non-empty line an object with a non-empty string `prompt`; otherwise
+/// every non-empty line is a prompt. Each prompt is sent as one user message.
+pub fn parse_prompt_file(text: &str, source: &str) -> Result<Vec<String>, PromptFileError> {
+    let jsonl = text.lines().find(|l| !l.trim().is_empty()).is_some_and(|l| l.trim_start().starts_with('{'));
+    let mut prompts = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |reason: String| PromptFileError { path: source.to_string(), line: i + 1, reason };
+        if jsonl {
+            let v: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+            let p = v
+                .get("prompt")
+                .and_then(|p| p.as_str())
+                .ok_or_else(|| bad("expected an object with a string field \"prompt\"".into()))?;
+            if p.trim().is_empty() {
+                return Err(bad("the prompt is empty".into()));
+            }
+            prompts.push(p.to_string());
+        } else {
+            prompts.push(line.trim_end_matches('\r').to_string());
+        }
+    }
+    if prompts.is_empty() {
+        return Err(PromptFileError {
+            path: source.to_string(),
+            line: 0,
+            reason:
+                "the file has no prompts; write one {\"prompt\": \"...\"} per line (or one prompt per line)"
+                    .into(),
+        });
+    }
+    Ok(prompts)
+}
+
 /// Prompts as JSONL lines `{"prompt": ...}`, the format `genarm eval` and `genarm make-pairs` read.
 pub fn to_jsonl(prompts: &[String]) -> String {
     prompts.iter().map(|p| serde_json::json!({ "prompt": p }).to_string() + "\n").collect()
@@ -176,6 +238,23 @@ mod tests {
         for topic in &TOPICS[TOPICS.len() - EVAL_TOPICS..] {
             assert!(!train.iter().any(|p| p.contains(topic)), "held-out topic {topic} leaks into training");
         }
+    }
+
+    #[test]
+    fn prompt_files_in_jsonl_and_plain_text_are_read_and_bad_lines_are_named() {
+        let p = parse_prompt_file("{\"prompt\": \"a\"}\n\n{\"prompt\": \"b c\", \"id\": 3}\n", "f").unwrap();
+        assert_eq!(p, ["a", "b c"]);
+        assert_eq!(parse_prompt_file("say hi\n\nwrite a poem\r\n", "f").unwrap(), ["say hi", "write a poem"]);
+        let e =
+            parse_prompt_file("{\"prompt\": \"a\"}\n{\"text\": \"b\"}\n", "p.jsonl").unwrap_err().to_string();
+        assert!(e.contains("p.jsonl") && e.contains("line 2") && e.contains("\"prompt\""), "{e}");
+        let e = parse_prompt_file("{\"prompt\": \"a\"}\n{oops\n", "p.jsonl").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("JSON"), "{e}");
+        let e = parse_prompt_file("{\"prompt\": \" \"}\n", "p.jsonl").unwrap_err().to_string();
+        assert!(e.contains("empty"), "{e}");
+        assert!(parse_prompt_file("\n \n", "f").is_err());
+        // Every committed prompt set round-trips.
+        assert_eq!(parse_prompt_file(&to_jsonl(&eval_prompts()), "eval").unwrap(), eval_prompts());
     }
 
     #[test]
