@@ -8,14 +8,18 @@ use genarm_text::ModelText;
 pub fn tokenizer_json() -> &'static str {
     static JSON: OnceLock<String> = OnceLock::new();
     JSON.get_or_init(|| {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../crates/genarm-testkit/fixtures/llama-mha/tokenizer.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../crates/genarm-testkit/fixtures/llama-mha/tokenizer.json"
+        );
         std::fs::read_to_string(path).expect("fixture tokenizer.json (run from a genarm checkout)")
     })
 }
 
 /// A `ModelText` over the fixture tokenizer with `template` as its chat template.
 pub fn model_text(template: Option<String>) -> ModelText {
-    ModelText::new("fuzz-model", tokenizer_json(), template, Some(1), vec![2], true).expect("fixture tokenizer")
+    ModelText::new("fuzz-model", tokenizer_json(), template, Some(1), vec![2], true)
+        .expect("fixture tokenizer")
 }
 
 /// The fixture `ModelText` without a template, built once.
