@@ -211,20 +211,7 @@ async fn models(client: &reqwest::Client, target: &Target) -> Result<(String, Ve
     }
     let body: Value =
         serde_json::from_str(&text).map_err(|e| err(format!("GET /v1/models: bad JSON: {e}")))?;
-    let data =
-        body["data"].as_array().ok_or_else(|| err(format!("GET /v1/models: no `data` list in {body}")))?;
-    let mut base = None;
-    let mut rewards = Vec::new();
-    for m in data {
-        let id = m["id"].as_str().unwrap_or_default().to_string();
-        match m["role"].as_str() {
-            Some("reward") => rewards.push(id),
-            _ if base.is_none() => base = Some(id),
-            _ => {}
-        }
-    }
-    let base = base.ok_or_else(|| err("GET /v1/models lists no base model".into()))?;
-    Ok((base, rewards))
+    genarm_demo::pairs::parse_models_listing(&body).map_err(err)
 }
 
 /// Checks the configuration before anything is sent.

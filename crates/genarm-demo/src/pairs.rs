@@ -64,6 +64,24 @@ pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
     Ok(crate::prompts::parse_prompt_file(&text, &path.display().to_string())?)
 }
 
+/// Reads a router's `/v1/models` listing: (the base model's id, the reward models' ids). Entries
+/// with `"role": "reward"` are reward models; the first other entry is the base.
+pub fn parse_models_listing(body: &serde_json::Value) -> std::result::Result<(String, Vec<String>), String> {
+    let data = body["data"].as_array().ok_or_else(|| format!("GET /v1/models: no `data` list in {body}"))?;
+    let mut base = None;
+    let mut rewards = Vec::new();
+    for m in data {
+        let id = m["id"].as_str().unwrap_or_default().to_string();
+        match m["role"].as_str() {
+            Some("reward") => rewards.push(id),
+            _ if base.is_none() => base = Some(id),
+            _ => {}
+        }
+    }
+    let base = base.ok_or_else(|| "GET /v1/models lists no base model".to_string())?;
+    Ok((base, rewards))
+}
+
 /// The served model's name, from `/v1/models`.
 pub async fn served_model(client: &reqwest::Client, url: &str) -> Result<String> {
     let resp: serde_json::Value = client
@@ -74,7 +92,7 @@ pub async fn served_model(client: &reqwest::Client, url: &str) -> Result<String>
         .error_for_status()?
         .json()
         .await?;
-    resp["data"][0]["id"].as_str().map(str::to_owned).context("the router's /v1/models lists no model")
+    parse_models_listing(&resp).map(|(base, _)| base).map_err(anyhow::Error::msg)
 }
 
 /// Samples `options.samples` responses to every prompt (unguided), retrying a failed request once.

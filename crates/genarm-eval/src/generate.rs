@@ -102,20 +102,7 @@ pub async fn models(client: &reqwest::Client, url: &str) -> Result<(String, Vec<
     if !status.is_success() {
         return Err(err(format!("GET /v1/models answered {status}: {body}")));
     }
-    let data =
-        body["data"].as_array().ok_or_else(|| err(format!("GET /v1/models: no `data` list in {body}")))?;
-    let mut base = None;
-    let mut rewards = Vec::new();
-    for m in data {
-        let id = m["id"].as_str().unwrap_or_default().to_string();
-        match m["role"].as_str() {
-            Some("reward") => rewards.push(id),
-            _ if base.is_none() => base = Some(id),
-            _ => {}
-        }
-    }
-    let base = base.ok_or_else(|| err("GET /v1/models lists no base model".into()))?;
-    Ok((base, rewards))
+    genarm_demo::pairs::parse_models_listing(&body).map_err(err)
 }
 
 /// What one successful request gave.
