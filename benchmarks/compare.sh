@@ -12,6 +12,8 @@
 # Usage: benchmarks/compare.sh [WORKDIR]   (env: PROMPTS=16 MAX_TOKENS=64 ALPHA=1 THREADS=2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 WORK="${1:-target/compare}"
 PROMPTS="${PROMPTS:-16}"
@@ -44,26 +46,14 @@ fi
 
 say "genarm: launching base + upbeat ARM"
 LOG="$WORK/launch.log"
-CANDLE_NUM_THREADS="$THREADS" setsid "$GENARM" launch --base "$GGUF" --rm "upbeat=$GGUF" \
-    --lora "upbeat=$ARM_ADAPTER" --port 0 --quiet >"$LOG" 2>&1 &
-LAUNCH_PID=$!
-trap 'kill -TERM -- -$LAUNCH_PID 2>/dev/null || true' EXIT
-URL=""
-for _ in $(seq 1 300); do
-    URL="$(sed -n 's/^GENARM_LISTENING http \(.*\)$/http:\/\/\1/p' "$LOG" | head -1)"
-    [[ -n "$URL" ]] && break
-    kill -0 "$LAUNCH_PID" 2>/dev/null || { cat "$LOG" >&2; exit 1; }
-    sleep 1
-done
-[[ -n "$URL" ]] || { echo "the cluster did not become ready" >&2; exit 1; }
+CANDLE_NUM_THREADS="$THREADS" launch_cluster "$LOG" --base "$GGUF" --rm "upbeat=$GGUF" \
+    --lora "upbeat=$ARM_ADAPTER"
 
 say "genarm bench (concurrency 1 and 16, unguided and guided)"
 "$GENARM" bench --url "$URL" --prompts "$WORK/prompts.jsonl" --concurrency 1,16 \
     --max-tokens "$MAX_TOKENS" --temperature 0 --guidance "upbeat=$ALPHA" --compare-unguided \
     --requests "$PROMPTS" --warmup 2 --out "$WORK/bench"
-kill -TERM -- "-$LAUNCH_PID" 2>/dev/null || true
-wait "$LAUNCH_PID" 2>/dev/null || true
-trap - EXIT
+stop_cluster
 
 say "reference loop (guided, one prompt at a time; then unguided)"
 "$VENV/bin/python" benchmarks/reference_loop.py --base "$WORK/base-hf" --arm "$WORK/arm-hf:$ALPHA" \

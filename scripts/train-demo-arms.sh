@@ -11,6 +11,8 @@
 # Every step is seeded. Takes about an hour on 2 CPU cores (sampling ~15 min, training ~45 min). Usage: scripts/train-demo-arms.sh [WORKDIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 WORK="${1:-target/demo-recipe}"
 PROMPTS="${PROMPTS:-360}"          # training prompts used (of 640)
@@ -38,23 +40,11 @@ say "prompts -> $WORK/prompts"
 
 say "sampling the base on $PROMPTS prompts x $SAMPLES"
 LOG="$WORK/launch.log"
-setsid "$GENARM" launch --base "$GGUF" --port 0 --quiet >"$LOG" 2>&1 &
-LAUNCH_PID=$!
-trap 'kill -TERM -- -$LAUNCH_PID 2>/dev/null || true' EXIT
-URL=""
-for _ in $(seq 1 300); do
-    URL="$(sed -n 's/^GENARM_LISTENING http \(.*\)$/http:\/\/\1/p' "$LOG" | head -1)"
-    [[ -n "$URL" ]] && break
-    kill -0 "$LAUNCH_PID" 2>/dev/null || { cat "$LOG" >&2; exit 1; }
-    sleep 1
-done
-[[ -n "$URL" ]] || { echo "the cluster did not become ready in 300 s" >&2; cat "$LOG" >&2; exit 1; }
+launch_cluster "$LOG" --base "$GGUF"
 "$GENARM" make-pairs --url "$URL" --prompts "$WORK/prompts/train.jsonl" --limit "$PROMPTS" \
     --samples "$SAMPLES" --max-tokens "$MAX_TOKENS" --temperature "$TEMPERATURE" --seed 1 \
     --concurrency 16 --require-finished concise --out "$WORK/pairs"
-kill -TERM -- "-$LAUNCH_PID" 2>/dev/null || true
-wait "$LAUNCH_PID" 2>/dev/null || true
-trap - EXIT
+stop_cluster
 
 # Both ARMs train at once, one thread each (as the committed adapters were made: the thread
 # count changes float summation order, so it is part of the recipe).

@@ -309,12 +309,16 @@ async fn generate(
         }
         .into_response();
     }
-    if let Some(key) = &key {
-        let cost = prepared.gen.base_prompt.len() as u64 + u64::from(prepared.gen.max_tokens);
-        if let Err(e) = st.auth.limits.charge_tokens(&key.label, cost, std::time::Instant::now()) {
-            return e.into_response();
+    let charged = match &key {
+        Some(key) => {
+            let cost = prepared.gen.base_prompt.len() as u64 + u64::from(prepared.gen.max_tokens);
+            if let Err(e) = st.auth.limits.charge_tokens(&key.label, cost, std::time::Instant::now()) {
+                return e.into_response();
+            }
+            Some((&key.label, cost))
         }
-    }
+        None => None,
+    };
     let deadline = st.request_timeout.map(|t| (tokio::time::Instant::from_std(received) + t, t.as_secs()));
     let Prepared { gen, stream, include_usage, .. } = prepared;
     let want_logprobs = gen.top_logprobs.is_some();
@@ -322,7 +326,13 @@ async fn generate(
         max_tokens = gen.max_tokens, stream, "request admitted");
     let mut rx = match core.scheduler.submit_received(gen, received) {
         Ok(rx) => rx,
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            // Refused before any work (queue full, draining): the key keeps its budget.
+            if let Some((label, cost)) = charged {
+                st.auth.limits.refund_tokens(label, cost);
+            }
+            return e.into_response();
+        }
     };
     let first = match recv_by(&mut rx, deadline).await {
         Err(e) => return e.into_response(),

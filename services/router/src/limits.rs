@@ -127,6 +127,17 @@ impl KeyLimits {
             retry_after_secs,
         })
     }
+    /// Gives back `cost` tokens that [`KeyLimits::charge_tokens`] took for a request that was
+    /// then refused before any work (queue full), so a refusal does not spend the key's budget.
+    pub fn refund_tokens(&self, label: &Arc<str>, cost: u64) {
+        if self.tokens_per_minute == 0 {
+            return;
+        }
+        let capacity = self.tokens_per_minute as f64;
+        if let Some(s) = self.lock().get_mut(label) {
+            s.tokens = (s.tokens + cost as f64).min(capacity);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -178,5 +189,21 @@ mod tests {
         };
         assert_eq!(retry_after_secs, 41, "400 tokens of debt + 10 at 10/s");
         KeyLimits::new(0, 0).charge_tokens(&k, u64::MAX, t0).unwrap();
+    }
+
+    #[test]
+    fn a_refund_restores_the_budget_up_to_the_bucket_size() {
+        let l = KeyLimits::new(0, 600);
+        let k: Arc<str> = "k".into();
+        let t0 = Instant::now();
+        l.charge_tokens(&k, 600, t0).unwrap();
+        assert!(l.charge_tokens(&k, 100, t0).is_err());
+        l.refund_tokens(&k, 100);
+        l.charge_tokens(&k, 100, t0).unwrap();
+        assert!(l.charge_tokens(&k, 1, t0).is_err());
+        // A refund never overfills the bucket.
+        l.refund_tokens(&k, 10_000);
+        l.charge_tokens(&k, 600, t0).unwrap();
+        assert!(l.charge_tokens(&k, 1, t0).is_err());
     }
 }
