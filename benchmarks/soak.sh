@@ -32,9 +32,8 @@ say "launching SmolLM2-135M + upbeat ARM"
 CANDLE_NUM_THREADS="$THREADS" launch_cluster "$WORK/launch.log" --base "$GGUF" --rm "upbeat=$GGUF" \
     --lora "upbeat=demo/arms/upbeat"
 
-# The services are the launcher's children, in its process group.
-services() { pgrep -g "$LAUNCH_PID" | while read -r pid; do
-    [[ "$pid" == "$LAUNCH_PID" ]] && continue
+# The services are the launcher's children (each in its own process group).
+services() { pgrep -P "$LAUNCH_PID" | while read -r pid; do
     name="$(cat "/proc/$pid/comm" 2>/dev/null)" || continue
     printf '%s %s\n' "$pid" "$name"
 done; }
@@ -50,6 +49,10 @@ say "warm-up: ${WARMUP} s at concurrency $CONCURRENCY"
 bench "$WARMUP" "$WORK/bench-warmup"
 
 mapfile -t SERVICES < <(services)
+if ((${#SERVICES[@]} < 3)); then
+    echo "expected a router and two workers under the launcher (pid $LAUNCH_PID), found: ${SERVICES[*]}" >&2
+    exit 1
+fi
 echo "t_s,pid,service,rss_kib" >"$WORK/rss.csv"
 declare -A BASE
 for s in "${SERVICES[@]}"; do
@@ -77,7 +80,7 @@ python3 - "$WORK/rss.csv" "$bench_rc" <<'PY'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 bench_rc = int(sys.argv[2])
-ok = bench_rc == 0
+ok = bench_rc == 0 and len({r["pid"] for r in rows}) >= 3
 print("\n| service | RSS after warm-up (MiB) | peak (MiB) | at the end (MiB) | growth |")
 print("|---|---|---|---|---|")
 for pid in dict.fromkeys(r["pid"] for r in rows):

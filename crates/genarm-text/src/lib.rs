@@ -5,7 +5,8 @@
 //! Build a [`ModelText`] per model from its worker's `Info`; render chats with
 //! [`ModelText::render_chat`], encode prompts with [`ModelText::encode_prompt`], turn generated
 //! ids into streamed text with a [`StreamDecoder`] and cut it at stop strings with a
-//! [`StopMatcher`].
+//! [`StopMatcher`]. Templates from untrusted model directories render in a memory-limited child
+//! process through a [`TemplateSandbox`] ([`ModelText::render_chat_in`]).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
@@ -18,6 +19,7 @@ mod pyjson;
 mod stop;
 pub mod strftime;
 mod template;
+mod template_sandbox;
 
 pub use chat::ChatMessage;
 pub use detokenize::StreamDecoder;
@@ -25,3 +27,4 @@ pub use error::TextError;
 pub use fingerprint::vocab_fingerprint;
 pub use model_text::ModelText;
 pub use stop::{StopMatcher, StopOutcome};
+pub use template_sandbox::{run_sandbox_if_requested, TemplateSandbox, SANDBOX_ENV};

@@ -12,6 +12,7 @@ use crate::detokenize::StreamDecoder;
 use crate::error::TextError;
 use crate::fingerprint::vocab_fingerprint;
 use crate::template::{ChatTemplate, RenderFailure};
+use crate::template_sandbox::TemplateSandbox;
 
 /// One model's tokenizer, chat template and special ids.
 ///
@@ -21,6 +22,8 @@ pub struct ModelText {
     tokenizer: Arc<Tokenizer>,
     /// `None`: the model has no template; `Some(Err)`: it does not compile.
     template: Option<Result<ChatTemplate, String>>,
+    /// The template's source, for rendering in a [`TemplateSandbox`].
+    template_source: Option<String>,
     bos_token_id: Option<u32>,
     eos_token_ids: Vec<u32>,
     add_bos_token: bool,
@@ -65,11 +68,12 @@ impl ModelText {
         let token_text = |id: u32| tokenizer.id_to_token(id);
         let bos_token = bos_token_id.and_then(token_text);
         let eos_token = eos_token_ids.first().copied().and_then(token_text);
-        let template = chat_template.map(|source| ChatTemplate::compile(&source));
+        let template = chat_template.as_deref().map(ChatTemplate::compile);
         Ok(ModelText {
             model: model.to_string(),
             tokenizer: Arc::new(tokenizer),
             template,
+            template_source: chat_template,
             bos_token_id,
             eos_token_ids,
             add_bos_token,
@@ -103,7 +107,35 @@ impl ModelText {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TextError> {
+        self.render_chat_in(None, messages, add_generation_prompt)
+    }
+
+    /// [`ModelText::render_chat`] in `sandbox`'s memory-limited child process (in this process
+    /// when `None`). A template that exhausts the child's memory budget, crashes it or runs
+    /// past its deadline gives [`TextError::TemplateRender`] saying so; the sandbox replaces the
+    /// child for the next render.
+    pub fn render_chat_in(
+        &self,
+        sandbox: Option<&TemplateSandbox>,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, TextError> {
         let template = self.chat_template()?;
+        let ctx = self.chat_context(messages, add_generation_prompt);
+        let rendered = match (sandbox, &self.template_source) {
+            (Some(sandbox), Some(source)) => sandbox.render(source, &ctx),
+            _ => template.render(ctx),
+        };
+        rendered.map_err(|failure| match failure {
+            RenderFailure::Raised(message) => {
+                TextError::TemplateException { model: self.model.clone(), message }
+            }
+            RenderFailure::Other(reason) => TextError::TemplateRender { model: self.model.clone(), reason },
+        })
+    }
+
+    /// The variables a chat template sees (see [`ModelText::render_chat`]).
+    fn chat_context(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Value {
         let mut vars: Vec<(&str, Value)> = vec![
             ("messages", Value::from_serialize(messages)),
             ("add_generation_prompt", Value::from(add_generation_prompt)),
@@ -116,13 +148,7 @@ impl ModelText {
         if let Some(eos) = &self.eos_token {
             vars.push(("eos_token", Value::from(eos.as_str())));
         }
-        let ctx: Value = vars.into_iter().collect();
-        template.render(ctx).map_err(|failure| match failure {
-            RenderFailure::Raised(message) => {
-                TextError::TemplateException { model: self.model.clone(), message }
-            }
-            RenderFailure::Other(reason) => TextError::TemplateRender { model: self.model.clone(), reason },
-        })
+        vars.into_iter().collect()
     }
 
     /// Encodes a prompt (raw, or rendered by [`ModelText::render_chat`]) into this model's ids.

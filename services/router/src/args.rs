@@ -121,6 +121,16 @@ pub struct Args {
     #[arg(long, env = "GENARM_MAX_TOKENS_LIMIT", value_name = "TOKENS")]
     pub max_tokens_limit: Option<u32>,
 
+    /// Memory budget, in MiB, for rendering one chat template. Templates come with the models
+    /// (their tokenizer_config.json or GGUF metadata) and the template engine does not bound the
+    /// size of intermediate strings, so a hostile or broken template could exhaust the router's
+    /// memory; each render therefore runs in a child process (the router re-executed) limited to
+    /// this much address space. A template that exceeds it fails that request with an error
+    /// naming the budget, and the router keeps serving. 0 renders in the router's own process
+    /// without a bound (only for trusted templates).
+    #[arg(long, env = "GENARM_CHAT_TEMPLATE_MEMORY_MIB", value_name = "MIB", default_value_t = 1024)]
+    pub chat_template_memory_mib: u64,
+
     /// Whole-request timeout in seconds, from arrival to the last token (streams included): a
     /// request still running then fails with HTTP 504 (or a final error event on a stream) and
     /// its sequences are released on every worker. 0 disables it.
@@ -130,9 +140,11 @@ pub struct Args {
     /// Per-step watchdog: a worker that does not answer a `Step` call within this many seconds
     /// is treated as failed (marked not ready, its sequences failed over to a ready replica by
     /// replay, or held for --worker-restart-grace-secs, else failed with HTTP 503 naming the
-    /// worker). Default: --worker-timeout-secs.
-    #[arg(long, env = "GENARM_STEP_TIMEOUT_SECS", value_name = "SECS")]
-    pub step_timeout_secs: Option<u64>,
+    /// worker). One step is one forward of the batch (decode, or a prefill of the new prompts):
+    /// milliseconds to seconds on a GPU. Raise it when large models are served on CPU, where a
+    /// long prefill can take minutes.
+    #[arg(long, env = "GENARM_STEP_TIMEOUT_SECS", value_name = "SECS", default_value_t = 60)]
+    pub step_timeout_secs: u64,
 
     /// An API key clients must send as `Authorization: Bearer <KEY>`. Repeat the flag for
     /// several keys (the env variable takes a comma-separated list). With no key (here or in
@@ -178,9 +190,8 @@ pub struct Args {
     #[arg(long, env = "GENARM_WORKER_CONNECT_TIMEOUT_SECS", value_name = "SECS", default_value_t = 600)]
     pub worker_connect_timeout_secs: u64,
 
-    /// Timeout of one worker call (health checks, `Info`, `Release`), and of a `Step` of a whole
-    /// batch unless --step-timeout-secs is given. A worker that does not answer a `Step` in
-    /// time fails the requests of that step that used it.
+    /// Timeout of one control call to a worker (health checks, `Info`, `Release`). `Step` calls
+    /// have their own deadline, --step-timeout-secs.
     #[arg(long, env = "GENARM_WORKER_TIMEOUT_SECS", value_name = "SECS", default_value_t = 300)]
     pub worker_timeout_secs: u64,
 
@@ -335,7 +346,7 @@ impl Args {
                 format!("--api-key #{} (or entry #{} of GENARM_API_KEYS) {why}", i + 1, i + 1)
             })?;
         }
-        if self.step_timeout_secs == Some(0) {
+        if self.step_timeout_secs == 0 {
             return Err("--step-timeout-secs must be at least 1".into());
         }
         if let Some(base) = &self.base {
@@ -401,7 +412,7 @@ mod tests {
         assert!(a.api_keys.is_empty() && a.api_key_file.is_none() && !a.protect_metrics);
         assert_eq!((a.key_max_concurrent, a.key_tokens_per_minute), (256, 0));
         assert_eq!((a.max_stop_length, a.request_timeout_secs), (1024, 600));
-        assert_eq!((a.max_prompt_tokens, a.max_tokens_limit, a.step_timeout_secs), (None, None, None));
+        assert_eq!((a.max_prompt_tokens, a.max_tokens_limit, a.step_timeout_secs), (None, None, 60));
         let a = parse(&[
             "--base",
             "http://h:1",

@@ -30,6 +30,8 @@ pub mod workers;
 #[cfg(test)]
 mod http_tests;
 #[cfg(test)]
+mod sandbox_tests;
+#[cfg(test)]
 mod scheduler_tests;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -8,6 +8,9 @@ use clap::Parser as _;
 use genarm_router::args::Args;
 
 fn main() -> ExitCode {
+    // Chat templates render in children that re-execute this binary (--chat-template-memory-mib):
+    // such a child serves renders here and never returns.
+    genarm_text::run_sandbox_if_requested();
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,

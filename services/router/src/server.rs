@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use genarm_fusion::WireDtype;
+use genarm_text::TemplateSandbox;
 use tokio::sync::watch;
 
 use crate::args::{Args, LogitsDtypeArg};
@@ -28,6 +29,31 @@ pub fn wire_dtype(d: LogitsDtypeArg) -> WireDtype {
         LogitsDtypeArg::Bf16 => WireDtype::Bf16,
         LogitsDtypeArg::F16 => WireDtype::F16,
     }
+}
+
+/// The sandbox chat templates render in (`--chat-template-memory-mib`; `None` for 0), checked
+/// by one render. Its children re-execute this program, whose `main` calls
+/// `genarm_text::run_sandbox_if_requested` first.
+fn chat_template_sandbox(mib: u64) -> anyhow::Result<Option<Arc<TemplateSandbox>>> {
+    if mib == 0 {
+        tracing::warn!(
+            "--chat-template-memory-mib 0: chat templates render in the router's own process, \
+             without a memory bound"
+        );
+        return Ok(None);
+    }
+    let sandbox = TemplateSandbox::new(mib.saturating_mul(1 << 20)).context(
+        "cannot find the router's own executable to render chat templates in a sandbox process \
+         (--chat-template-memory-mib 0 renders them in process)",
+    )?;
+    sandbox.check().map_err(|e| {
+        anyhow::anyhow!(
+            "the chat template sandbox does not work: {e} (--chat-template-memory-mib 0 renders \
+             templates in process, without a memory bound)"
+        )
+    })?;
+    tracing::info!(memory_mib = mib, "chat templates render in sandbox processes");
+    Ok(Some(Arc::new(sandbox)))
 }
 
 /// Resolves once SIGTERM or SIGINT arrives.
@@ -86,6 +112,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         bail!("{e}");
     }
     let metrics = crate::telemetry::install().context("cannot install the metrics recorder")?;
+    let chat_template_sandbox = chat_template_sandbox(args.chat_template_memory_mib)?;
 
     crate::auth::describe_metrics();
     let auth = crate::auth::Auth::new(
@@ -173,7 +200,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         },
         connect_timeout: Duration::from_secs(args.worker_connect_timeout_secs),
         call_timeout: Duration::from_secs(args.worker_timeout_secs.max(1)),
-        step_timeout: Duration::from_secs(args.step_timeout_secs.unwrap_or(args.worker_timeout_secs).max(1)),
+        step_timeout: Duration::from_secs(args.step_timeout_secs.max(1)),
         reprobe: Duration::from_millis(args.worker_reprobe_ms.max(50)),
         max_message_bytes: args.max_message_bytes,
         tls,
@@ -231,6 +258,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             max_stop_length: args.max_stop_length,
             max_prompt_tokens: args.max_prompt_tokens,
             max_tokens_limit: args.max_tokens_limit,
+            chat_template_sandbox,
         },
     };
     if state.core.set(core).is_err() {

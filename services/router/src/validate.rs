@@ -4,7 +4,9 @@
 //! the problem and the fix.
 
 use genarm_fusion::{FusionError, SamplingParams};
-use genarm_text::{ChatMessage, TextError};
+use std::sync::Arc;
+
+use genarm_text::{ChatMessage, ModelText, TemplateSandbox, TextError};
 
 use crate::backend::ModelIndex;
 use crate::error::RouterError;
@@ -34,6 +36,9 @@ pub struct ValidationConfig {
     pub max_prompt_tokens: Option<u32>,
     /// Largest `max_tokens` (`--max-tokens-limit`; `None`: the context).
     pub max_tokens_limit: Option<u32>,
+    /// Where chat templates render (`--chat-template-memory-mib`): a memory-limited child
+    /// process, or `None` for this process.
+    pub chat_template_sandbox: Option<Arc<TemplateSandbox>>,
 }
 
 impl ValidationConfig {
@@ -46,6 +51,7 @@ impl ValidationConfig {
             max_stop_length: 1024,
             max_prompt_tokens: None,
             max_tokens_limit: None,
+            chat_template_sandbox: None,
         }
     }
 }
@@ -219,6 +225,25 @@ fn check_sampling(
         ));
     }
     Ok((params, stops, s.stream, include_usage))
+}
+
+/// Renders a chat for `text`'s model, in `sandbox` if given. The sandbox's round trip blocks
+/// the thread (about 50 µs, up to its 10 s deadline for a runaway template), so on a
+/// multi-threaded Tokio runtime it runs under `block_in_place` and other tasks move off this
+/// worker thread meanwhile.
+fn render_chat(
+    text: &ModelText,
+    sandbox: Option<&TemplateSandbox>,
+    messages: &[ChatMessage],
+) -> Result<String, TextError> {
+    let render = || text.render_chat_in(sandbox, messages, true);
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if sandbox.is_some() && multi_thread {
+        tokio::task::block_in_place(render)
+    } else {
+        render()
+    }
 }
 
 /// Maps a text error: the request's fault (400 on `messages`) or the server's (500).
@@ -466,7 +491,8 @@ pub fn prepare_chat(
         .chain(guidance.iter().map(|&(m, _)| m))
         .map(|m| {
             let text = &catalog.models[m].text;
-            let rendered = text.render_chat(messages, true).map_err(|e| text_error(e, "messages"))?;
+            let rendered = render_chat(text, cfg.chat_template_sandbox.as_deref(), messages)
+                .map_err(|e| text_error(e, "messages"))?;
             text.encode_prompt(&rendered).map_err(|e| text_error(e, "messages"))
         })
         .collect::<Result<_, _>>()?;
