@@ -13,8 +13,10 @@ use crate::http::{router, AppState, Core};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::testing::{fixture_catalog, FakeBackend};
 use crate::validate::ValidationConfig;
+use crate::workers::Catalog;
 
-struct Server {
+/// A router's HTTP layer serving on a loopback port over a [`FakeBackend`].
+pub(crate) struct Server {
     url: String,
     backend: Arc<FakeBackend>,
     client: reqwest::Client,
@@ -30,7 +32,20 @@ async fn serve_with(
     run_scheduler: bool,
     configure: impl FnOnce(&mut AppState),
 ) -> Server {
-    let catalog = Arc::new(fixture_catalog(512));
+    serve_catalog(fixture_catalog(512), ValidationConfig::new("tiny"), max_waiting, run_scheduler, configure)
+        .await
+}
+
+/// Serves `catalog` with `validation` over a fake backend (3 ms per step); with `run_scheduler`
+/// false, requests queue and never run.
+pub(crate) async fn serve_catalog(
+    catalog: Catalog,
+    validation: ValidationConfig,
+    max_waiting: usize,
+    run_scheduler: bool,
+    configure: impl FnOnce(&mut AppState),
+) -> Server {
+    let catalog = Arc::new(catalog);
     let backend = Arc::new(FakeBackend::new(3, catalog.vocab, 100_000));
     let (abort_tx, abort) = watch::channel(false);
     let (sched, handle) = Scheduler::new(
@@ -55,12 +70,7 @@ async fn serve_with(
     configure(&mut state);
     let state = Arc::new(state);
     let health: Arc<dyn crate::backend::WorkerHealth> = backend.clone();
-    let _ = state.core.set(Core {
-        catalog,
-        health,
-        scheduler: handle,
-        validation: ValidationConfig::new("tiny"),
-    });
+    let _ = state.core.set(Core { catalog, health, scheduler: handle, validation });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
@@ -75,7 +85,7 @@ impl Server {
         (status, ct, r.text().await.unwrap())
     }
 
-    async fn post_json(&self, path: &str, body: Value) -> (u16, Value) {
+    pub(crate) async fn post_json(&self, path: &str, body: Value) -> (u16, Value) {
         let (s, _, text) = self.post(path, body.to_string()).await;
         (s, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
     }

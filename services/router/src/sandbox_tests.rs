@@ -5,14 +5,11 @@
 
 use std::sync::Arc;
 
-use genarm_fusion::WireDtype;
 use genarm_text::{ModelText, TemplateSandbox};
 use serde_json::{json, Value};
-use tokio::sync::watch;
 
-use crate::http::{router, AppState, Core};
-use crate::scheduler::{Scheduler, SchedulerConfig};
-use crate::testing::{fixture_catalog, fixture_entry, FakeBackend};
+use crate::http_tests::{serve_catalog, Server};
+use crate::testing::{fixture_catalog, fixture_entry};
 use crate::validate::ValidationConfig;
 use crate::workers::Catalog;
 
@@ -32,48 +29,12 @@ fn router_sandbox() -> Arc<TemplateSandbox> {
     Arc::new(sandbox)
 }
 
-struct Server {
-    url: String,
-    client: reqwest::Client,
-    _abort: watch::Sender<bool>,
-}
-
+/// Serves `catalog` over the fake backend, rendering chat templates in `sandbox` (in process
+/// for `None`).
 async fn serve(catalog: Catalog, sandbox: Option<Arc<TemplateSandbox>>) -> Server {
-    let catalog = Arc::new(catalog);
-    let backend = Arc::new(FakeBackend::new(3, catalog.vocab, 100_000));
-    let (abort_tx, abort) = watch::channel(false);
-    let (sched, handle) = Scheduler::new(
-        Arc::clone(&backend),
-        SchedulerConfig {
-            vocab: catalog.vocab,
-            eos: vec![0],
-            max_context: catalog.max_context,
-            dtype: WireDtype::F32,
-            max_batch_size: 8,
-            max_batch_tokens: 4096,
-            max_waiting: 16,
-        },
-        abort,
-    );
-    tokio::spawn(sched.run());
-    let state = Arc::new(AppState::new(None, 4096));
-    let health: Arc<dyn crate::backend::WorkerHealth> = backend.clone();
     let mut validation = ValidationConfig::new("tiny");
     validation.chat_template_sandbox = sandbox;
-    let _ = state.core.set(Core { catalog, health, scheduler: handle, validation });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
-    Server { url, client: reqwest::Client::new(), _abort: abort_tx }
-}
-
-impl Server {
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self.client.post(format!("{}{path}", self.url)).body(body.to_string()).send().await.unwrap();
-        let status = r.status().as_u16();
-        let text = r.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
-    }
+    serve_catalog(catalog, validation, 16, true, |_| {}).await
 }
 
 /// The fixture catalog with the base model's chat template replaced by `template`.
@@ -100,15 +61,16 @@ fn chat(content: &str) -> Value {
 async fn a_template_that_exhausts_memory_fails_the_request_and_the_router_keeps_serving() {
     let s = serve(catalog_with_base_template(DOUBLING), Some(router_sandbox())).await;
     for _ in 0..2 {
-        let (status, v) = s.post("/v1/chat/completions", chat("hi")).await;
+        let (status, v) = s.post_json("/v1/chat/completions", chat("hi")).await;
         assert_eq!(status, 400, "{v}");
         let message = v["error"]["message"].as_str().unwrap();
         assert!(message.contains("exhausted its 256 MiB memory budget"), "{v}");
         assert!(message.contains("chat_template"), "{v}");
         assert_eq!(v["error"]["param"], "messages", "{v}");
     }
-    let (status, v) =
-        s.post("/v1/completions", json!({"model": "tiny", "prompt": "Hello there", "max_tokens": 4})).await;
+    let (status, v) = s
+        .post_json("/v1/completions", json!({"model": "tiny", "prompt": "Hello there", "max_tokens": 4}))
+        .await;
     assert_eq!(status, 200, "the router keeps serving: {v}");
     assert_eq!(v["object"], "text_completion");
 }
@@ -118,9 +80,9 @@ async fn sandboxed_chat_prompts_equal_in_process_ones() {
     let boxed = serve(fixture_catalog(512), Some(router_sandbox())).await;
     let local = serve(fixture_catalog(512), None).await;
     for content in ["What is 12 + 30?", "é \"quoted\" \\ {{ not jinja }} 🦀"] {
-        let (status, a) = boxed.post("/v1/chat/completions", chat(content)).await;
+        let (status, a) = boxed.post_json("/v1/chat/completions", chat(content)).await;
         assert_eq!(status, 200, "{a}");
-        let (status, b) = local.post("/v1/chat/completions", chat(content)).await;
+        let (status, b) = local.post_json("/v1/chat/completions", chat(content)).await;
         assert_eq!(status, 200, "{b}");
         assert_eq!(a["usage"]["prompt_tokens"], b["usage"]["prompt_tokens"], "{a} vs {b}");
         assert_eq!(a["choices"][0]["message"], b["choices"][0]["message"], "{a} vs {b}");
