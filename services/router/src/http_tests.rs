@@ -351,3 +351,40 @@ async fn a_request_past_its_timeout_gets_a_504_and_is_cancelled() {
     assert!(v["error"]["message"].as_str().unwrap().contains("--request-timeout-secs"), "{v}");
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn a_stream_past_its_timeout_ends_with_an_error_event_after_its_tokens_and_is_released() {
+    let s = serve_with(16, true, |st| st.request_timeout = Some(std::time::Duration::from_millis(400))).await;
+    // EOS (id 0) can never be sampled, so only the timeout can end this request: at least 2 ms
+    // per step (the fake's delay) for 500 tokens is over twice the 400 ms deadline.
+    s.backend.state(0).poison = vec![(0, f32::NEG_INFINITY)];
+    let req = json!({"model": "tiny", "prompt": "x", "max_tokens": 500, "stream": true});
+    let started = std::time::Instant::now();
+    let (status, ct, body) = s.post("/v1/completions", req.to_string()).await;
+    assert_eq!(status, 200, "the stream started before the deadline: {body}");
+    assert!(ct.starts_with("text/event-stream"), "{ct}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let data = sse_data(&body);
+    let events: Vec<Value> =
+        data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    let (error, tokens) = events.split_last().unwrap();
+    assert!(tokens.len() >= 2, "tokens were streamed before the deadline: {body}");
+    assert!(tokens.iter().all(|c| c["choices"][0]["text"].is_string()), "{body}");
+    assert_eq!(error["error"]["code"], "request_timeout", "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("--request-timeout-secs"), "{error}");
+    // The scheduler sees the closed stream, stops stepping the sequence and releases it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let released_after_steps = {
+            let st = s.backend.state(0);
+            (st.held.is_empty() && !st.released.is_empty()).then_some(st.steps.len())
+        };
+        if let Some(steps) = released_after_steps {
+            // Cancelled at the deadline, not run to max_tokens (≥ 2 ms per step: ≤ 200 steps).
+            assert!(steps < 400, "the sequence ran {steps} steps after its timeout");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the timed-out sequence was not released");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
