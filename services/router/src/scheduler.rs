@@ -338,7 +338,7 @@ impl<B: StepBackend> Scheduler<B> {
             running: Vec::new(),
             admission_blocked: false,
             solo_next: false,
-            next_seq_id: Arc::new(AtomicU64::new(1)),
+            next_seq_id: Arc::new(AtomicU64::new(first_seq_id())),
             next_arrival: 0,
             scratch: Vec::new(),
             fused,
@@ -564,4 +564,22 @@ pub(crate) async fn release_per_model<B: StepBackend>(backend: &Arc<B>, per_mode
         }
     }
     futures::future::join_all(awaited).await;
+}
+
+/// Where this router's sequence ids start: a random point of `[1, 2^62)`, so that routers that
+/// share workers never use the same id. Two routers run side by side during a rolling update
+/// (the old one drains while the new one serves), and a restarted router meets its
+/// predecessor's orphaned sequences on the workers: with ids counted from 1 in every router,
+/// one router's step could continue the other's KV (same id, same position) and silently
+/// sample from another request's context. Two ranges of a billion ids each overlap with
+/// probability below 2^-31.
+pub(crate) fn first_seq_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS's randomness once per process (no extra dependency).
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    (h.finish() >> 2).max(1)
 }

@@ -507,3 +507,11 @@ async fn past_the_restart_grace_a_request_fails_naming_the_worker() {
     assert!(message.contains("grace period of 0.1 s"), "{message}");
     assert!(message.contains(&h.backend.display_name(1)), "{message}");
 }
+
+#[test]
+fn every_router_starts_its_sequence_ids_at_its_own_random_point() {
+    let starts: std::collections::HashSet<u64> = (0..64).map(|_| crate::scheduler::first_seq_id()).collect();
+    assert_eq!(starts.len(), 64, "two routers would share sequence ids");
+    // Far below the workers' reserved warm-up id (u64::MAX), with room to count up.
+    assert!(starts.iter().all(|&s| (1..1 << 62).contains(&s)), "{starts:?}");
+}
