@@ -18,8 +18,8 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use minijinja::Value;
 use serde::{Deserialize, Serialize};
@@ -34,11 +34,11 @@ pub const SANDBOX_ENV: &str = "GENARM_TEMPLATE_SANDBOX";
 /// render after about a second).
 const REPLY_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Fewest idle children kept for the next renders: one per CPU is kept, at least this many and
-/// at most [`MAX_IDLE`] (an idle child holds about 5 MB; concurrent renders beyond the idle
-/// children spawn a child each).
+/// Fewest children: one per CPU renders at a time (and is kept idle between renders), at least
+/// this many and at most [`MAX_IDLE`]; more concurrent renders wait for a free child, so the
+/// sandbox never holds more than that many memory budgets (an idle child holds about 5 MB).
 const MIN_IDLE: usize = 2;
-/// Most idle children kept.
+/// Most children.
 const MAX_IDLE: usize = 16;
 
 /// Largest reply frame accepted from a child: the 64 MiB output limit, JSON-escaped.
@@ -197,7 +197,8 @@ fn write_frame(output: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
 
 /// Renders chat templates in memory-limited child processes (see the module docs).
 ///
-/// Children are spawned on demand and reused; up to one idle child per CPU (2 to 16) is kept. A child that
+/// Children are spawned on demand and reused; one per CPU (2 to 16) renders at a time, more
+/// renders wait for one, and finished children stay idle for the next renders. A child that
 /// crashes (runs out of memory), misbehaves or takes longer than 10 s is killed and replaced by
 /// a fresh one at the next render. Children run in their own process group and are killed
 /// when the sandbox is dropped; a child whose parent dies exits at the end of its stdin.
@@ -206,6 +207,9 @@ pub struct TemplateSandbox {
     memory_limit_bytes: u64,
     max_idle: usize,
     idle: Mutex<Vec<SandboxChild>>,
+    /// Renders in progress (at most `max_idle`), and the signal that one ended.
+    rendering: Mutex<usize>,
+    render_ended: Condvar,
 }
 
 impl fmt::Debug for TemplateSandbox {
@@ -236,6 +240,8 @@ impl TemplateSandbox {
                 .map_or(MIN_IDLE, |n| n.get())
                 .clamp(MIN_IDLE, MAX_IDLE),
             idle: Mutex::new(Vec::new()),
+            rendering: Mutex::new(0),
+            render_ended: Condvar::new(),
         }
     }
 
@@ -267,6 +273,7 @@ impl TemplateSandbox {
                 request.len()
             )));
         }
+        let _slot = self.wait_for_slot()?;
         // An idle child may have died since its last render (killed from outside): if sending
         // the request to it fails, retry once with a fresh child.
         let pooled = self.lock_idle().pop();
@@ -287,6 +294,31 @@ impl TemplateSandbox {
             Reply::Raised(message) => Err(RenderFailure::Raised(message)),
             Reply::Error(reason) => Err(RenderFailure::Other(reason)),
         }
+    }
+
+    /// Waits (up to the reply deadline) until fewer than `max_idle` renders are in progress and
+    /// takes a place among them; the place is given back when the returned guard drops.
+    fn wait_for_slot(&self) -> Result<RenderSlot<'_>, RenderFailure> {
+        let deadline = Instant::now() + REPLY_DEADLINE;
+        let mut rendering = self.rendering.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        while *rendering >= self.max_idle {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(RenderFailure::Other(format!(
+                    "all {} chat template sandbox processes stayed busy for {} s (slow templates or a \
+                     burst of chat requests); retry later",
+                    self.max_idle,
+                    REPLY_DEADLINE.as_secs()
+                )));
+            }
+            rendering = self
+                .render_ended
+                .wait_timeout(rendering, left)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+        *rendering += 1;
+        Ok(RenderSlot(self))
     }
 
     /// Spawns a child and runs one request on it.
@@ -359,6 +391,17 @@ impl TemplateSandbox {
                 self.program.display()
             ),
         }
+    }
+}
+
+/// A place among the renders in progress (see [`TemplateSandbox::wait_for_slot`]).
+struct RenderSlot<'a>(&'a TemplateSandbox);
+
+impl Drop for RenderSlot<'_> {
+    fn drop(&mut self) {
+        let mut rendering = self.0.rendering.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *rendering -= 1;
+        self.0.render_ended.notify_one();
     }
 }
 

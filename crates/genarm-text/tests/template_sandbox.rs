@@ -194,6 +194,47 @@ fn concurrent_renders_each_get_their_answer() {
     });
 }
 
+/// This process's children (Linux: every thread's `children` list; empty elsewhere).
+fn child_processes() -> usize {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
+        .map(|c| c.split_whitespace().count())
+        .sum()
+}
+
+fn renders_beyond_the_cpu_count_wait_for_a_child() {
+    let sandbox = sandbox();
+    let cap = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 16);
+    // About a second of work per render (it may run out of fuel: an error, not a hang).
+    let slow = "{% for i in range(100000) %}{% for j in range(100) %}{% endfor %}{% endfor %}done";
+    let text = fixture_text("llama-mha", Some(slow), false);
+    let busy = std::sync::atomic::AtomicBool::new(true);
+    let most = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            let mut most = 0;
+            while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(child_processes());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            most
+        });
+        let renders: Vec<_> = (0..cap + 3)
+            .map(|_| scope.spawn(|| text.render_chat_in(Some(&sandbox), &[user("x")], false)))
+            .collect();
+        for r in renders {
+            match r.join().unwrap() {
+                Ok(out) => assert_eq!(out, "done"),
+                Err(e) => assert!(e.to_string().contains("execution limit"), "{e}"),
+            }
+        }
+        busy.store(false, std::sync::atomic::Ordering::Relaxed);
+        watcher.join().unwrap()
+    });
+    assert!(most >= 1, "no sandbox child was seen");
+    assert!(most <= cap, "{most} sandbox children at once, more than the {cap} allowed");
+}
+
 fn broken_children_are_clear_errors() {
     // `cat` echoes the request: not a reply.
     let echo = TemplateSandbox::with_program("/bin/cat", BUDGET);
@@ -251,6 +292,7 @@ const TESTS: &[Test] = &[
         the_doubling_template_fails_with_the_memory_budget_error_and_the_sandbox_recovers,
     ),
     ("concurrent_renders_each_get_their_answer", concurrent_renders_each_get_their_answer),
+    ("renders_beyond_the_cpu_count_wait_for_a_child", renders_beyond_the_cpu_count_wait_for_a_child),
     ("broken_children_are_clear_errors", broken_children_are_clear_errors),
     ("sandboxed_round_trip_time", sandboxed_round_trip_time),
 ];
