@@ -73,7 +73,7 @@ pub struct BenchArgs {
 
 /// Runs `genarm bench`. Fails (after writing the report) when any request failed.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let prompts = genarm_bench::prompts::read_prompts(&args.prompts)?;
+    let prompts = genarm_demo::prompts::read_prompt_file(&args.prompts)?;
     let guidance = match &args.guidance {
         Some(g) => parse_guidance(g)?,
         None => Default::default(),

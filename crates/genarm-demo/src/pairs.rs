@@ -58,12 +58,6 @@ pub struct Pair {
     pub scores: [f64; 2],
 }
 
-/// Reads a prompt file ([`crate::prompts::parse_prompt_file`]).
-pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(crate::prompts::parse_prompt_file(&text, &path.display().to_string())?)
-}
-
 /// Reads a router's `/v1/models` listing: (the base model's id, the reward models' ids). Entries
 /// with `"role": "reward"` are reward models; the first other entry is the base.
 pub fn parse_models_listing(body: &serde_json::Value) -> std::result::Result<(String, Vec<String>), String> {
@@ -257,16 +251,5 @@ mod tests {
         assert_eq!(finished[0].chosen, "It is fine.");
         cut.iter_mut().for_each(|s| s.finish_reason = "length".into());
         assert!(pairs_with(&cut, &Concise, true).is_empty());
-    }
-
-    #[test]
-    fn reads_jsonl_and_plain_prompts_and_names_bad_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("p.jsonl");
-        std::fs::write(&p, "{\"prompt\": \"a\"}\n\n{\"prompt\": \"b\"}\n").unwrap();
-        assert_eq!(read_prompts(&p).unwrap(), vec!["a".to_string(), "b".to_string()]);
-        std::fs::write(&p, "{\"prompt\": \"a\"}\n{\"text\": 1}\n").unwrap();
-        let err = format!("{:#}", read_prompts(&p).unwrap_err());
-        assert!(err.contains("line 2"), "{err}");
     }
 }

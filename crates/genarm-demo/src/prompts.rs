@@ -214,6 +214,18 @@ pub fn parse_prompt_file(text: &str, source: &str) -> Result<Vec<String>, Prompt
     Ok(prompts)
 }
 
+/// Reads and parses a prompt file ([`parse_prompt_file`]); a file that cannot be read is a
+/// [`PromptFileError`] at line 0.
+pub fn read_prompt_file(path: &std::path::Path) -> Result<Vec<String>, PromptFileError> {
+    let source = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| PromptFileError {
+        path: source.clone(),
+        line: 0,
+        reason: format!("cannot read it: {e}"),
+    })?;
+    parse_prompt_file(&text, &source)
+}
+
 /// Prompts as JSONL lines `{"prompt": ...}`, the format `genarm eval` and `genarm make-pairs` read.
 pub fn to_jsonl(prompts: &[String]) -> String {
     prompts.iter().map(|p| serde_json::json!({ "prompt": p }).to_string() + "\n").collect()
@@ -223,6 +235,30 @@ pub fn to_jsonl(prompts: &[String]) -> String {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn prompt_files_are_plain_lines_or_jsonl_and_errors_keep_the_file_and_line() {
+        assert_eq!(parse_prompt_file("say hi\n", "f").unwrap(), ["say hi"]);
+        assert_eq!(parse_prompt_file("{\"prompt\": \"a\"}\n", "f").unwrap(), ["a"]);
+        let e =
+            parse_prompt_file("{\"prompt\": \"a\"}\n{\"text\": \"b\"}\n", "p.jsonl").unwrap_err().to_string();
+        assert!(e.contains("p.jsonl") && e.contains("line 2") && e.contains("\"prompt\""), "{e}");
+        let e = parse_prompt_file("{\"prompt\": \"a\"}\n{oops\n", "p.jsonl").unwrap_err().to_string();
+        assert!(e.contains("p.jsonl") && e.contains("line 2") && e.contains("JSON"), "{e}");
+    }
+
+    #[test]
+    fn read_prompt_file_reads_and_names_bad_lines_and_missing_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.jsonl");
+        std::fs::write(&p, "{\"prompt\": \"a\"}\n\n{\"prompt\": \"b\"}\n").unwrap();
+        assert_eq!(read_prompt_file(&p).unwrap(), vec!["a".to_string(), "b".to_string()]);
+        std::fs::write(&p, "{\"prompt\": \"a\"}\n{\"text\": 1}\n").unwrap();
+        let err = read_prompt_file(&p).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+        let err = read_prompt_file(&dir.path().join("missing.txt")).unwrap_err();
+        assert!(err.line == 0 && err.to_string().contains("missing.txt: cannot read it"), "{err}");
+    }
 
     #[test]
     fn sets_are_disjoint_complete_and_distinct() {

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use crate::fluency::BaseLogprob;
 use crate::generate::{generate, models, score, GenOptions};
 use crate::grid::{expand, Axis};
-use crate::prompts::read_prompts;
 use crate::report::{aggregate, write, Objective, Report, RunInfo};
 use crate::EvalError;
+use genarm_demo::prompts::read_prompt_file;
 
 /// What `genarm eval` was asked to do.
 #[derive(Debug, Clone)]
@@ -60,7 +60,7 @@ pub async fn evaluate(cfg: &EvalConfig) -> Result<(Report, Vec<PathBuf>), EvalEr
             cfg.temperature
         )));
     }
-    let prompts = read_prompts(&cfg.prompts)?;
+    let prompts = read_prompt_file(&cfg.prompts)?;
     let combos = expand(&cfg.grid, cfg.control.as_deref())?;
     let url = cfg.url.trim_end_matches('/').to_string();
     let client = crate::generate::client(Duration::from_secs(30))?;

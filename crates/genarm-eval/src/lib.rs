@@ -10,7 +10,6 @@ pub mod evaluate;
 pub mod fluency;
 pub mod generate;
 pub mod grid;
-pub mod prompts;
 pub mod report;
 pub mod stats;
 
@@ -30,16 +29,9 @@ pub enum EvalError {
     /// Arguments that do not fit together.
     #[error("{0}")]
     Usage(String),
-    /// A bad prompt file.
-    #[error("prompt file {path}, line {line}: {reason}")]
-    Prompts {
-        /// The file.
-        path: String,
-        /// 1-based line (0: the whole file).
-        line: usize,
-        /// What is wrong.
-        reason: String,
-    },
+    /// A prompt file that cannot be read or parsed.
+    #[error("prompt file {0}")]
+    Prompts(#[from] genarm_demo::prompts::PromptFileError),
     /// The router could not be used.
     #[error("router at {url}: {reason}")]
     Router {
