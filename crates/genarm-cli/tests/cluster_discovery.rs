@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -15,28 +14,6 @@ use genarm_testkit::etcd::EtcdServer;
 
 const CLUSTER: &str = "disc";
 const ARM: &str = "qwen2-bias";
-
-/// A worker registering in `etcd` (lease TTL 2 s).
-fn worker(etcd: &EtcdServer, model: &Path, reward: Option<&str>) -> ChildProcess {
-    let bin = if reward.is_some() { "genarm-rm-worker" } else { "genarm-base-worker" };
-    let mut c = genarm_command(bin).unwrap();
-    c.env("CANDLE_NUM_THREADS", "1").arg("--model").arg(model).args([
-        "--listen",
-        "127.0.0.1:0",
-        "--etcd",
-        etcd.url(),
-        "--cluster",
-        CLUSTER,
-        "--lease-ttl-secs",
-        "2",
-    ]);
-    if let Some(name) = reward {
-        c.args(["--name", name]);
-    }
-    let mut p = ChildProcess::spawn(reward.unwrap_or("base-worker"), c).unwrap();
-    p.wait_listening(Instant::now() + Duration::from_secs(30)).unwrap();
-    p
-}
 
 /// A router discovering workers of reward model `helpful` in `etcd`; returns it and its URL.
 fn router(etcd: &EtcdServer) -> (ChildProcess, String) {
@@ -68,8 +45,8 @@ fn workers_join_and_leave_through_etcd() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(ready_status(&url), 503);
 
-    let base = worker(&etcd, &fixture(BASE), None);
-    let mut rm = worker(&etcd, &fixture(ARM), Some("helpful"));
+    let (base, _) = etcd_worker(&etcd, CLUSTER, &fixture(BASE), None);
+    let (mut rm, _) = etcd_worker(&etcd, CLUSTER, &fixture(ARM), Some("helpful"));
     wait_ready(&url, 200, Duration::from_secs(30), &[&router, &base, &rm]);
 
     // A guided completion, checked against the in-process reference.
@@ -88,7 +65,7 @@ fn workers_join_and_leave_through_etcd() {
     eprintln!("removed {:?} after SIGTERM", t.elapsed());
 
     // A new rm-worker joins; SIGKILL it: removed when its lease (2 s) expires.
-    let mut rm2 = worker(&etcd, &fixture(ARM), Some("helpful"));
+    let (mut rm2, _) = etcd_worker(&etcd, CLUSTER, &fixture(ARM), Some("helpful"));
     wait_ready(&url, 200, Duration::from_secs(30), &[&router, &rm2]);
     let left_before = router.log_tail(400).matches("left the cluster").count();
     let t = Instant::now();
@@ -126,8 +103,8 @@ fn a_worker_with_another_vocabulary_is_refused_with_a_reason() {
     std::fs::write(model.join("tokenizer.json"), serde_json::to_string(&v).unwrap()).unwrap();
 
     let (router, url) = router(&etcd);
-    let base = worker(&etcd, &fixture(BASE), None);
-    let bad = worker(&etcd, &model, Some("helpful"));
+    let (base, _) = etcd_worker(&etcd, CLUSTER, &fixture(BASE), None);
+    let (bad, _) = etcd_worker(&etcd, CLUSTER, &model, Some("helpful"));
     let refused = poll_until(Duration::from_secs(20), || router.log_tail(400).contains("refused worker"));
     assert!(refused, "no refusal logged\n{}{}{}", router.log_tail(40), base.log_tail(20), bad.log_tail(20));
     let log = router.log_tail(400);
@@ -136,6 +113,6 @@ fn a_worker_with_another_vocabulary_is_refused_with_a_reason() {
     assert_eq!(ready_status(&url), 503, "a refused worker must not make the router ready");
 
     // A matching worker for the same name is accepted.
-    let good = worker(&etcd, &fixture(ARM), Some("helpful"));
+    let (good, _) = etcd_worker(&etcd, CLUSTER, &fixture(ARM), Some("helpful"));
     wait_ready(&url, 200, Duration::from_secs(30), &[&router, &good]);
 }

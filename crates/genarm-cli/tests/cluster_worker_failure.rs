@@ -9,37 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use genarm_testkit::cluster::genarm_command;
-use serde_json::{json, Value};
-
-/// Reads a stream to its end: (texts joined, error events, saw `[DONE]`).
-fn drain(mut s: EventStream) -> (String, Vec<Value>, bool) {
-    let (mut text, mut errors, mut done) = (String::new(), Vec::new(), false);
-    while let Ok(Some(data)) = s.next_data() {
-        if data == "[DONE]" {
-            done = true;
-            break;
-        }
-        let v: Value = serde_json::from_str(&data).unwrap_or_else(|e| panic!("event {data:?}: {e}"));
-        if v.get("error").is_some() {
-            errors.push(v);
-        } else if let Some(t) = v["choices"][0]["text"].as_str() {
-            text.push_str(t);
-        }
-    }
-    (text, errors, done)
-}
-
-fn open_stream(cluster: &Cluster, body: &Value) -> EventStream {
-    let mut body = body.clone();
-    body["stream"] = json!(true);
-    let mut s = EventStream::post_json(&cluster.url("/v1/completions"), &body).unwrap();
-    assert_eq!(s.status, 200);
-    for _ in 0..2 {
-        let data = s.next_data().unwrap().expect("stream ended early");
-        assert!(!data.contains("error"), "{data}");
-    }
-    s
-}
+use serde_json::json;
 
 #[test]
 fn killing_an_rm_worker_fails_only_the_requests_that_use_it() {
@@ -65,8 +35,8 @@ fn killing_an_rm_worker_fails_only_the_requests_that_use_it() {
     // In flight when the worker dies: one request using gqa, one unguided.
     let long_gqa = with_guidance(completion(prompt, 300), &[("gqa", 1.0)], 1.0);
     let long_plain = completion(prompt, 300);
-    let in_flight_gqa = open_stream(&cluster, &long_gqa);
-    let in_flight_plain = open_stream(&cluster, &long_plain);
+    let in_flight_gqa = open_stream_in_flight(&cluster, &long_gqa);
+    let in_flight_plain = open_stream_in_flight(&cluster, &long_plain);
     let gqa_url = cluster.rm_grpc_urls("gqa")[0].clone();
     cluster.rm_mut("gqa").kill();
 

@@ -6,39 +6,16 @@
 mod common;
 mod fault_common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use fault_common::{assert_no_kv, drain};
+use fault_common::assert_no_kv;
 use genarm_testkit::cluster::genarm_command;
 use genarm_testkit::etcd::EtcdServer;
 
 const CLUSTER: &str = "faults";
 const ARM: &str = "qwen2-bias";
 const PROMPT: &str = "Once upon a time";
-
-/// A worker registering in `etcd` (lease TTL 2 s); returns it and its gRPC URL.
-fn worker(etcd: &EtcdServer, model: &Path, reward: Option<&str>) -> (ChildProcess, String) {
-    let bin = if reward.is_some() { "genarm-rm-worker" } else { "genarm-base-worker" };
-    let mut c = genarm_command(bin).unwrap();
-    c.env("CANDLE_NUM_THREADS", "1").arg("--model").arg(model).args([
-        "--listen",
-        "127.0.0.1:0",
-        "--etcd",
-        etcd.url(),
-        "--cluster",
-        CLUSTER,
-        "--lease-ttl-secs",
-        "2",
-    ]);
-    if let Some(name) = reward {
-        c.args(["--name", name]);
-    }
-    let mut p = ChildProcess::spawn(reward.unwrap_or("base-worker"), c).unwrap();
-    let addr = p.wait_listening(Instant::now() + Duration::from_secs(30)).unwrap();
-    (p, format!("http://{addr}"))
-}
 
 fn ready_status(url: &str) -> u16 {
     http::get(&format!("{url}/ready")).map(|r| r.status).unwrap_or(0)
@@ -64,8 +41,8 @@ fn the_router_survives_an_etcd_restart_and_sees_workers_registered_after_it() {
         .args(["--worker-reprobe-ms", "200"]);
     let mut router = ChildProcess::spawn("router", c).unwrap();
     let url = format!("http://{}", router.wait_listening(Instant::now() + Duration::from_secs(30)).unwrap());
-    let (base, base_url) = worker(&etcd, &fixture(BASE), None);
-    let (mut rm1, _) = worker(&etcd, &fixture(ARM), Some("helpful"));
+    let (base, base_url) = etcd_worker(&etcd, CLUSTER, &fixture(BASE), None);
+    let (mut rm1, _) = etcd_worker(&etcd, CLUSTER, &fixture(ARM), Some("helpful"));
     let logs = || format!("{}{}", router.log_tail(60), base.log_tail(20));
     assert!(poll_until(Duration::from_secs(30), || ready_status(&url) == 200), "not ready\n{}", logs());
 
@@ -92,7 +69,7 @@ fn the_router_survives_an_etcd_restart_and_sees_workers_registered_after_it() {
     let restored =
         poll_until(Duration::from_secs(20), || router.log_tail(400).contains("etcd watch restored"));
     assert!(restored, "the router's etcd watch was not restored\n{}", router.log_tail(60));
-    let (rm2, rm2_url) = worker(&etcd, &fixture(ARM), Some("helpful"));
+    let (rm2, rm2_url) = etcd_worker(&etcd, CLUSTER, &fixture(ARM), Some("helpful"));
     let added = poll_until(Duration::from_secs(30), || router.log_tail(400).contains("replica added"));
     assert!(
         added,

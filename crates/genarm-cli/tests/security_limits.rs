@@ -180,34 +180,6 @@ fn request_limits_answer_400_413_and_429_naming_the_limit() {
     assert!(poll_until(Duration::from_secs(2), || stats(&cluster.base_grpc_url()).sequences == 0));
 }
 
-/// Reads a stream to its end: (error events, saw `[DONE]`).
-fn drain(mut s: EventStream) -> (Vec<Value>, bool) {
-    let (mut errors, mut done) = (Vec::new(), false);
-    while let Ok(Some(data)) = s.next_data() {
-        if data == "[DONE]" {
-            done = true;
-            break;
-        }
-        let v: Value = serde_json::from_str(&data).unwrap_or_else(|e| panic!("event {data:?}: {e}"));
-        if v.get("error").is_some() {
-            errors.push(v);
-        }
-    }
-    (errors, done)
-}
-
-fn open_stream(cluster: &Cluster, body: &Value) -> EventStream {
-    let mut body = body.clone();
-    body["stream"] = json!(true);
-    let mut s = EventStream::post_json(&cluster.url("/v1/completions"), &body).unwrap();
-    assert_eq!(s.status, 200);
-    for _ in 0..2 {
-        let data = s.next_data().unwrap().expect("stream ended early");
-        assert!(!data.contains("error"), "{data}");
-    }
-    s
-}
-
 #[test]
 fn a_stalled_worker_fails_its_requests_within_the_step_deadline_and_leaks_no_kv() {
     let _serial = serial();
@@ -230,13 +202,13 @@ fn a_stalled_worker_fails_its_requests_within_the_step_deadline_and_leaks_no_kv(
     let prompt = "Once upon a time";
     let guided = with_guidance(completion(prompt, 300), &[("gqa", 1.0)], 1.0);
     let plain = completion(prompt, 300);
-    let in_flight_guided = open_stream(&cluster, &guided);
-    let in_flight_plain = open_stream(&cluster, &plain);
+    let in_flight_guided = open_stream_in_flight(&cluster, &guided);
+    let in_flight_plain = open_stream_in_flight(&cluster, &plain);
     let gqa_url = cluster.rm_grpc_urls("gqa")[0].clone();
     let paused = Instant::now();
     cluster.rm_mut("gqa").signal_group(libc::SIGSTOP);
 
-    let (errors, done) = drain(in_flight_guided);
+    let (_, errors, done) = drain(in_flight_guided);
     let failed_after = paused.elapsed();
     assert_eq!(errors.len(), 1, "the guided request should end with one error event: {errors:?}");
     assert!(done, "the failed stream should still end with [DONE]");
@@ -250,7 +222,7 @@ fn a_stalled_worker_fails_its_requests_within_the_step_deadline_and_leaks_no_kv(
         failed_after < Duration::from_secs(2 + 5),
         "the guided request failed {failed_after:?} after the pause; the step deadline is 2 s"
     );
-    let (errors, done) = drain(in_flight_plain);
+    let (_, errors, done) = drain(in_flight_plain);
     assert!(errors.is_empty() && done, "the unguided request failed with the stalled worker: {errors:?}");
 
     // While gqa is paused: unguided requests are served, guided ones refused naming it.

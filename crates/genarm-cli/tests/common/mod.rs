@@ -359,3 +359,64 @@ pub fn assert_error(r: &Response, status: u16, words: &[&str], what: &str) {
         );
     }
 }
+
+/// Reads a stream to its end: (the text of every chunk, the error events, whether `[DONE]`
+/// ended it).
+pub fn drain(mut s: EventStream) -> (String, Vec<Value>, bool) {
+    let (mut text, mut errors, mut done) = (String::new(), Vec::new(), false);
+    while let Ok(Some(data)) = s.next_data() {
+        if data == "[DONE]" {
+            done = true;
+            break;
+        }
+        let v: Value = serde_json::from_str(&data).unwrap_or_else(|e| panic!("event {data:?}: {e}"));
+        if v.get("error").is_some() {
+            errors.push(v);
+        } else if let Some(t) = v["choices"][0]["text"].as_str() {
+            text.push_str(t);
+        }
+    }
+    (text, errors, done)
+}
+
+/// Opens `body` as a streamed completion on `cluster` and reads its first two events, which
+/// must not be errors: the request is then in flight.
+pub fn open_stream_in_flight(cluster: &Cluster, body: &Value) -> EventStream {
+    let mut body = body.clone();
+    body["stream"] = json!(true);
+    let mut s = EventStream::post_json(&cluster.url("/v1/completions"), &body).unwrap();
+    assert_eq!(s.status, 200);
+    for _ in 0..2 {
+        let data = s.next_data().unwrap().expect("stream ended early");
+        assert!(!data.contains("error"), "{data}");
+    }
+    s
+}
+
+/// A worker on 127.0.0.1:0 registering in `etcd` under `cluster` with a 2 s lease (`reward`:
+/// an rm-worker of that name, else the base); returns it and its gRPC URL.
+pub fn etcd_worker(
+    etcd: &genarm_testkit::etcd::EtcdServer,
+    cluster: &str,
+    model: &Path,
+    reward: Option<&str>,
+) -> (ChildProcess, String) {
+    let bin = if reward.is_some() { "genarm-rm-worker" } else { "genarm-base-worker" };
+    let mut c = genarm_testkit::cluster::genarm_command(bin).unwrap();
+    c.env("CANDLE_NUM_THREADS", "1").arg("--model").arg(model).args([
+        "--listen",
+        "127.0.0.1:0",
+        "--etcd",
+        etcd.url(),
+        "--cluster",
+        cluster,
+        "--lease-ttl-secs",
+        "2",
+    ]);
+    if let Some(name) = reward {
+        c.args(["--name", name]);
+    }
+    let mut p = ChildProcess::spawn(reward.unwrap_or("base-worker"), c).unwrap();
+    let addr = p.wait_listening(Instant::now() + Duration::from_secs(30)).unwrap();
+    (p, format!("http://{addr}"))
+}

@@ -198,22 +198,3 @@ pub fn assert_no_kv(urls: &[&str], within: Duration, logs: &str) {
         );
     }
 }
-
-/// Reads a stream to its end: (the text of every chunk, the error events, whether `[DONE]`
-/// ended it).
-pub fn drain(mut s: EventStream) -> (String, Vec<Value>, bool) {
-    let (mut text, mut errors, mut done) = (String::new(), Vec::new(), false);
-    while let Ok(Some(data)) = s.next_data() {
-        if data == "[DONE]" {
-            done = true;
-            break;
-        }
-        let v: Value = serde_json::from_str(&data).unwrap_or_else(|e| panic!("event {data:?}: {e}"));
-        if v.get("error").is_some() {
-            errors.push(v);
-        } else if let Some(t) = v["choices"][0]["text"].as_str() {
-            text.push_str(t);
-        }
-    }
-    (text, errors, done)
-}
