@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -163,6 +164,35 @@ fn axis_range(values: impl Iterator<Item = f64>) -> Option<std::ops::Range<f64>>
     Some(lo - pad..hi + pad)
 }
 
+/// The chart every plot draws on: the title above, labeled axes and a light grid, over
+/// `x_range` × `y_range` of `root` (rendering `path`, for errors).
+fn titled_chart<'a, 'b>(
+    root: &'a DrawingArea<BitMapBackend<'b>, Shift>,
+    path: &Path,
+    [title, x_label, y_label]: [&str; 3],
+    x_range: std::ops::Range<f64>,
+    y_range: std::ops::Range<f64>,
+) -> Result<ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>> {
+    let err = |e: &dyn std::fmt::Display| render_err(path, e);
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(65)
+        .build_cartesian_2d(x_range, y_range)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 16))
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()
+        .map_err(|e| err(&e))?;
+    Ok(chart)
+}
+
 fn render_err(path: &Path, e: impl std::fmt::Display) -> PlotError {
     PlotError::Render { path: path.to_path_buf(), message: e.to_string() }
 }
@@ -203,22 +233,8 @@ impl LineChart {
         let y_range = axis_range(ys).ok_or_else(empty)?;
         let root = canvas(path, width, height)?;
         let err = |e: &dyn std::fmt::Display| render_err(path, e);
-        let mut chart = ChartBuilder::on(&root)
-            .caption(&self.title, ("sans-serif", 22))
-            .margin(12)
-            .x_label_area_size(45)
-            .y_label_area_size(65)
-            .build_cartesian_2d(x_range, y_range)
-            .map_err(|e| err(&e))?;
-        chart
-            .configure_mesh()
-            .x_desc(&self.x_label)
-            .y_desc(&self.y_label)
-            .label_style(("sans-serif", 14))
-            .axis_desc_style(("sans-serif", 16))
-            .light_line_style(RGBColor(235, 235, 235))
-            .draw()
-            .map_err(|e| err(&e))?;
+        let mut chart =
+            titled_chart(&root, path, [&self.title, &self.x_label, &self.y_label], x_range, y_range)?;
         for (i, s) in self.series.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
             let pts: Vec<(f64, f64)> =
@@ -282,22 +298,8 @@ impl ScatterChart {
         let x_range = x_range.start..x_range.end + (x_range.end - x_range.start) * 0.15;
         let root = canvas(path, width, height)?;
         let err = |e: &dyn std::fmt::Display| render_err(path, e);
-        let mut chart = ChartBuilder::on(&root)
-            .caption(&self.title, ("sans-serif", 22))
-            .margin(12)
-            .x_label_area_size(45)
-            .y_label_area_size(65)
-            .build_cartesian_2d(x_range, y_range)
-            .map_err(|e| err(&e))?;
-        chart
-            .configure_mesh()
-            .x_desc(&self.x_label)
-            .y_desc(&self.y_label)
-            .label_style(("sans-serif", 14))
-            .axis_desc_style(("sans-serif", 16))
-            .light_line_style(RGBColor(235, 235, 235))
-            .draw()
-            .map_err(|e| err(&e))?;
+        let mut chart =
+            titled_chart(&root, path, [&self.title, &self.x_label, &self.y_label], x_range, y_range)?;
         let xy: Vec<(f64, f64)> = self.points.iter().map(|p| (p.x, p.y)).collect();
         let front = pareto_front(&xy);
         let gray = RGBColor(120, 120, 120);
