@@ -41,6 +41,9 @@ const MIN_IDLE: usize = 2;
 /// Most children.
 const MAX_IDLE: usize = 16;
 
+/// Compiled templates a child keeps (one per model it serves, usually a few).
+const COMPILED_KEPT: usize = 8;
+
 /// Largest reply frame accepted from a child: the 64 MiB output limit, JSON-escaped.
 const MAX_REPLY_BYTES: usize = 512 << 20;
 
@@ -132,19 +135,29 @@ enum Reply {
 }
 
 /// The child's loop: answers each request frame of `input` with a reply frame on `output`.
-/// The last compiled template is kept, since one child serves one model's template over and
-/// over.
+/// Compiled templates are kept (the most recent [`COMPILED_KEPT`]): any child serves any
+/// model, and a guided request renders the base's and each ARM's template in turn.
 fn serve(mut input: impl Read, mut output: impl Write) -> io::Result<()> {
-    let mut cached: Option<(String, Result<ChatTemplate, String>)> = None;
+    // Most recently used last.
+    let mut compiled: Vec<(String, Result<ChatTemplate, String>)> = Vec::new();
     while let Some(frame) = read_frame(&mut input, usize::MAX)? {
         let reply = match serde_json::from_slice::<RequestIn>(&frame) {
             Err(e) => Reply::Error(format!("the template sandbox got a malformed request: {e}")),
             Ok(request) => {
-                if cached.as_ref().is_none_or(|(source, _)| *source != request.source) {
-                    let compiled = ChatTemplate::compile(&request.source);
-                    cached = Some((request.source, compiled));
+                match compiled.iter().position(|(source, _)| *source == request.source) {
+                    Some(i) => {
+                        let hit = compiled.remove(i);
+                        compiled.push(hit);
+                    }
+                    None => {
+                        if compiled.len() == COMPILED_KEPT {
+                            drop(compiled.remove(0));
+                        }
+                        let template = ChatTemplate::compile(&request.source);
+                        compiled.push((request.source, template));
+                    }
                 }
-                match cached.as_ref().map(|(_, t)| t) {
+                match compiled.last().map(|(_, t)| t) {
                     Some(Ok(template)) => match template.render(request.ctx) {
                         Ok(text) => Reply::Ok(text),
                         Err(RenderFailure::Raised(m)) => Reply::Raised(m),
@@ -514,6 +527,17 @@ mod tests {
         assert!(got[2]["error"].is_string(), "{:?}", got[2]);
         assert!(got[3]["error"].is_string(), "{:?}", got[3]);
         assert!(got[4]["error"].as_str().unwrap().contains("malformed request"), "{:?}", got[4]);
+    }
+
+    #[test]
+    fn a_child_alternating_between_templates_renders_each_with_its_own() {
+        let a = r#"{"source": "A{{ x }}", "ctx": {"x": 1}}"#;
+        let b = r#"{"source": "B{{ x }}", "ctx": {"x": 2}}"#;
+        let input = frames(&[a, b, a, b]);
+        let mut output = Vec::new();
+        serve(&input[..], &mut output).unwrap();
+        let want = ["A1", "B2", "A1", "B2"].map(|t| serde_json::json!({ "ok": t }));
+        assert_eq!(replies(&output), want);
     }
 
     #[test]
