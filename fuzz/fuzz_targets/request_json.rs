@@ -8,8 +8,8 @@
 use std::sync::OnceLock;
 
 use genarm_fuzz::shared_text;
-use genarm_router::openai::{ChatCompletionRequest, CompletionRequest};
-use genarm_router::validate::{prepare_chat, prepare_completion, ValidationConfig};
+use genarm_router::api::openai::{ChatCompletionRequest, CompletionRequest};
+use genarm_router::api::validate::{prepare_chat, prepare_completion, ValidationConfig};
 use genarm_router::workers::{Catalog, ModelEntry};
 use libfuzzer_sys::fuzz_target;
 

@@ -345,7 +345,7 @@ impl Args {
             return Err("--max-waiting must be at least 1".into());
         }
         for (i, k) in self.api_keys.iter().enumerate() {
-            crate::auth::check_key_text(&k.0).map_err(|why| {
+            crate::api::auth::check_key_text(&k.0).map_err(|why| {
                 format!("--api-key #{} (or entry #{} of GENARM_API_KEYS) {why}", i + 1, i + 1)
             })?;
         }

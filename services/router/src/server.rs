@@ -15,11 +15,11 @@ use genarm_fusion::WireDtype;
 use genarm_text::TemplateSandbox;
 use tokio::sync::watch;
 
+use crate::api::validate::ValidationConfig;
+use crate::api::{router, AppState, Core};
 use crate::args::{Args, LogitsDtypeArg};
-use crate::backend::WorkerHealth;
-use crate::http::{router, AppState, Core};
 use crate::scheduler::{Scheduler, SchedulerConfig};
-use crate::validate::ValidationConfig;
+use crate::workers::WorkerHealth;
 use crate::workers::{Workers, WorkersConfig};
 
 /// The wire dtype for a flag value.
@@ -114,12 +114,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = crate::telemetry::install().context("cannot install the metrics recorder")?;
     let chat_template_sandbox = chat_template_sandbox(args.chat_template_memory_mib)?;
 
-    crate::auth::describe_metrics();
-    let auth = crate::auth::Auth::new(
+    crate::api::auth::describe_metrics();
+    let auth = crate::api::auth::Auth::new(
         &args.api_keys.iter().map(|k| k.0.clone()).collect::<Vec<_>>(),
         args.api_key_file.clone(),
         args.protect_metrics,
-        crate::limits::KeyLimits::new(args.key_max_concurrent, args.key_tokens_per_minute),
+        crate::api::limits::KeyLimits::new(args.key_max_concurrent, args.key_tokens_per_minute),
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let auth = Arc::new(auth);
@@ -131,7 +131,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "no API key configured (--api-key, --api-key-file): the API is open to anyone who can reach it"
         );
     }
-    crate::auth::spawn_sighup_reloader(Arc::clone(&auth));
+    crate::api::auth::spawn_sighup_reloader(Arc::clone(&auth));
     let mut state = AppState::new(Some(metrics), args.max_body_bytes);
     state.auth = auth;
     state.request_timeout =

@@ -13,8 +13,8 @@ use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, Gau
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use tonic::transport::Endpoint;
 
-use crate::backend::{ModelIndex, WorkerHealth};
 use crate::workers::Catalog;
+use crate::workers::{ModelIndex, WorkerHealth};
 
 /// Latency buckets in seconds for request-level histograms (TTFT, end-to-end): 5 ms … 5 min.
 pub const REQUEST_SECONDS_BUCKETS: &[f64] =

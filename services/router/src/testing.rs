@@ -11,10 +11,10 @@ use std::time::Duration;
 use genarm_fusion::{fuse, pack, ArmTerm, Sampler, SamplingParams, WireDtype};
 use genarm_text::ModelText;
 
-use crate::backend::{
+use crate::scheduler::{Detokenizer, TextStep};
+use crate::workers::{
     Bytes, CallError, ModelIndex, SeqErrorKind, SeqOutcome, SeqStep, StepBackend, StepReply, WorkerHealth,
 };
-use crate::scheduler::{Detokenizer, TextStep};
 use crate::workers::{Catalog, ModelEntry};
 
 /// The fake model `model`'s logits after `tokens` (depends on the whole history).
@@ -129,7 +129,7 @@ impl StepBackend for FakeBackend {
         st.steps.push(seqs.iter().map(|s| s.seq_id).collect());
         if st.fail_calls > 0 {
             st.fail_calls -= 1;
-            return Err(CallError("connection refused".into()));
+            return Err(CallError::Transport("connection refused".into()));
         }
         if std::mem::take(&mut st.forget_next) {
             st.held.clear();

@@ -13,9 +13,9 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
-use crate::error::RouterError;
-use crate::http::AppState;
-use crate::limits::{ConcurrencyGuard, KeyLimits};
+use super::error::ApiError;
+use super::limits::{ConcurrencyGuard, KeyLimits};
+use super::state::AppState;
 
 /// Longest accepted API key, in bytes.
 pub const MAX_KEY_BYTES: usize = 4096;
@@ -229,10 +229,10 @@ impl Auth {
     }
 
     /// Checks a request's `Authorization` header: the caller's identity, or a 401.
-    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<KeyIdentity, RouterError> {
+    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<KeyIdentity, ApiError> {
         let Some(value) = authorization else {
             metrics::counter!("genarm_auth_failures_total", "reason" => "missing").increment(1);
-            return Err(RouterError::Unauthorized {
+            return Err(ApiError::Unauthorized {
                 message: "no API key: send the header `Authorization: Bearer <key>` (OpenAI clients: set \
                           api_key); ask the operator of this router for a key"
                     .into(),
@@ -247,7 +247,7 @@ impl Auth {
             })
             .ok_or_else(|| {
                 metrics::counter!("genarm_auth_failures_total", "reason" => "malformed").increment(1);
-                RouterError::Unauthorized {
+                ApiError::Unauthorized {
                     message: "the Authorization header is not `Bearer <key>`; send \
                               `Authorization: Bearer <key>`"
                         .into(),
@@ -257,7 +257,7 @@ impl Auth {
             Some(label) => Ok(KeyIdentity { label }),
             None => {
                 metrics::counter!("genarm_auth_failures_total", "reason" => "invalid").increment(1);
-                Err(RouterError::Unauthorized {
+                Err(ApiError::Unauthorized {
                     message:
                         "invalid API key: the key sent in `Authorization: Bearer` is not one this router \
                               accepts (it may have been revoked); check the key, or ask the operator for one"

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use genarm_text::{ModelText, TemplateSandbox};
 use serde_json::{json, Value};
 
-use crate::http_tests::{serve_catalog, Server};
+use crate::api::routes_tests::{serve_catalog, Server};
+use crate::api::validate::ValidationConfig;
 use crate::testing::{fixture_catalog, fixture_entry};
-use crate::validate::ValidationConfig;
 use crate::workers::Catalog;
 
 /// `fuzz/corpus/chat_template/oom-string-doubling`'s template: `'ab'` doubled 40 times.

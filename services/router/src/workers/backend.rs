@@ -1,12 +1,14 @@
 //! `StepBackend`: what the scheduler needs from the workers (one batched `Step` per model,
 //! `Release`, readiness), so that the scheduling logic can be driven by the real gRPC clients
-//! ([`crate::workers::Workers`]) or by an in-process fake in unit tests.
+//! ([`super::Workers`]) or by an in-process fake in unit tests.
 
 use std::future::Future;
 use std::time::Duration;
 
 use genarm_fusion::WireDtype;
 pub use genarm_proto::prost::bytes::Bytes;
+
+use super::error::CallError;
 
 /// Index of a model in the backend: `0` is the base, `i + 1` is the i-th reward model in
 /// sorted reward-name order (the order ARMs are fused in).
@@ -64,11 +66,6 @@ pub struct StepReply {
     /// Bytes of the step's requests and replies as encoded on the wire (protobuf payloads).
     pub wire_bytes: u64,
 }
-
-/// A failed call: transport error, timeout, or an error status for the whole call.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{0}")]
-pub struct CallError(pub String);
 
 /// Names and readiness of the workers (the object-safe part of [`StepBackend`], which the HTTP
 /// handlers use).

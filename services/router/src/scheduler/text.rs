@@ -1,10 +1,28 @@
-//! `RequestText`: a request's streamed text — the base model's [`StreamDecoder`] (never breaks a
-//! UTF-8 character) followed by a [`StopMatcher`] (holds back possible stop-string prefixes) —
-//! as the scheduler's [`Detokenizer`].
+//! Text of a request: the [`Detokenizer`] the scheduler feeds generated ids to, and its real
+//! implementation [`RequestText`] — the base model's [`StreamDecoder`] (never breaks a UTF-8
+//! character) followed by a [`StopMatcher`] (holds back possible stop-string prefixes).
 
 use genarm_text::{ModelText, StopMatcher, StreamDecoder};
 
-use crate::scheduler::{Detokenizer, TextStep};
+/// Turns generated ids into text for one request (incremental detokenization plus stop
+/// strings). The real implementation is [`RequestText`].
+pub trait Detokenizer: Send + 'static {
+    /// Feeds one generated (non-EOS) token; returns text that is now final and whether a stop
+    /// string matched (then the text ends right before it and generation stops).
+    fn push(&mut self, token: u32) -> TextStep;
+    /// Text still held back (an incomplete character or a possible stop-string prefix), released
+    /// when generation ends for another reason.
+    fn finish(&mut self) -> String;
+}
+
+/// What [`Detokenizer::push`] released.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TextStep {
+    /// New final text (possibly empty).
+    pub text: String,
+    /// A stop string matched: generation ends.
+    pub stopped: bool,
+}
 
 /// Incremental text of one request.
 pub struct RequestText {

@@ -9,10 +9,10 @@ use genarm_fusion::WireDtype;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::http::{router, AppState, Core};
+use crate::api::validate::ValidationConfig;
+use crate::api::{router, AppState, Core};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::testing::{fixture_catalog, FakeBackend};
-use crate::validate::ValidationConfig;
 use crate::workers::Catalog;
 
 /// A router's HTTP layer serving on a loopback port over a [`FakeBackend`].
@@ -69,7 +69,7 @@ pub(crate) async fn serve_catalog(
     let mut state = AppState::new(None, 4096);
     configure(&mut state);
     let state = Arc::new(state);
-    let health: Arc<dyn crate::backend::WorkerHealth> = backend.clone();
+    let health: Arc<dyn crate::workers::WorkerHealth> = backend.clone();
     let _ = state.core.set(Core { catalog, health, scheduler: handle, validation });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -311,8 +311,8 @@ async fn a_not_connected_router_is_not_ready() {
 
 #[tokio::test]
 async fn keys_are_required_except_on_health_and_ready() {
-    use crate::auth::Auth;
-    use crate::limits::KeyLimits;
+    use crate::api::auth::Auth;
+    use crate::api::limits::KeyLimits;
     let s = serve_with(16, true, |st| {
         st.auth = Arc::new(Auth::new(&["sk-unit-1".into()], None, true, KeyLimits::new(4, 0)).unwrap());
     })

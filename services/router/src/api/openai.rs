@@ -163,6 +163,16 @@ pub struct Usage {
     pub total_tokens: u32,
 }
 
+impl From<crate::scheduler::TokenUsage> for Usage {
+    fn from(u: crate::scheduler::TokenUsage) -> Self {
+        Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.prompt_tokens + u.completion_tokens,
+        }
+    }
+}
+
 /// Log-probs of a completion choice (legacy completions shape).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct CompletionLogprobs {

@@ -1,13 +1,16 @@
-//! `RouterError`: every failure a client can see, mapped once to an HTTP status and the OpenAI
-//! error JSON `{"error": {"message", "type", "param", "code"}}`.
+//! `ApiError`: every failure a client can see, mapped once to an HTTP status and the OpenAI
+//! error JSON `{"error": {"message", "type", "param", "code"}}`. The scheduler's errors
+//! ([`SchedulerError`]) become `ApiError`s here and nowhere else.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::scheduler::SchedulerError;
+
 /// An error answered to a client, as an HTTP response or as the last SSE event of a stream.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum RouterError {
+pub enum ApiError {
     /// The request is malformed or asks for something impossible (400).
     #[error("{message}")]
     InvalidRequest {
@@ -103,6 +106,20 @@ pub enum RouterError {
     },
 }
 
+impl From<SchedulerError> for ApiError {
+    fn from(e: SchedulerError) -> Self {
+        match e {
+            SchedulerError::Overloaded { waiting } => ApiError::Overloaded { waiting },
+            SchedulerError::ShuttingDown | SchedulerError::WorkerNotReady { .. } => {
+                ApiError::Unavailable { message: e.to_string() }
+            }
+            SchedulerError::WorkerFailed { worker, message } => ApiError::WorkerFailed { worker, message },
+            SchedulerError::InvalidSampling(message) => ApiError::invalid_body(message),
+            SchedulerError::Internal(message) => ApiError::Internal(message),
+        }
+    }
+}
+
 /// The body of an OpenAI error response.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ErrorBody {
@@ -124,7 +141,7 @@ pub struct ErrorDetail {
     pub code: Option<&'static str>,
 }
 
-impl RouterError {
+impl ApiError {
     /// A 400 about `param`.
     pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
         Self::InvalidRequest { message: message.into(), param: Some(param.into()) }
@@ -177,7 +194,7 @@ impl RouterError {
     }
 }
 
-impl IntoResponse for RouterError {
+impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         if let Self::RateLimited { retry_after_secs, .. } = &self {
@@ -214,20 +231,20 @@ impl IntoResponse for RouterError {
 mod tests {
     use super::*;
 
-    fn json(e: &RouterError) -> serde_json::Value {
+    fn json(e: &ApiError) -> serde_json::Value {
         serde_json::to_value(e.body()).unwrap()
     }
 
     #[test]
     fn shapes_follow_openai() {
-        let e = RouterError::invalid("temperature", "`temperature` must be >= 0, got -1");
+        let e = ApiError::invalid("temperature", "`temperature` must be >= 0, got -1");
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         assert_eq!(
             json(&e),
             serde_json::json!({"error": {"message": "`temperature` must be >= 0, got -1",
                 "type": "invalid_request_error", "param": "temperature", "code": null}})
         );
-        let e = RouterError::ModelNotFound { requested: "gpt-4".into(), served: "tiny".into() };
+        let e = ApiError::ModelNotFound { requested: "gpt-4".into(), served: "tiny".into() };
         assert_eq!(e.status(), StatusCode::NOT_FOUND);
         let v = json(&e);
         assert_eq!(v["error"]["code"], "model_not_found");
@@ -237,26 +254,23 @@ mod tests {
 
     #[test]
     fn statuses() {
-        assert_eq!(RouterError::PayloadTooLarge { limit: 1 }.status(), StatusCode::PAYLOAD_TOO_LARGE);
-        assert_eq!(RouterError::Overloaded { waiting: 1 }.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(ApiError::PayloadTooLarge { limit: 1 }.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(ApiError::Overloaded { waiting: 1 }.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(
-            RouterError::WorkerFailed { worker: "rm helpful".into(), message: "gone".into() }.status(),
+            ApiError::WorkerFailed { worker: "rm helpful".into(), message: "gone".into() }.status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
-        assert_eq!(
-            RouterError::Unavailable { message: "x".into() }.status(),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        assert_eq!(RouterError::Internal("x".into()).status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(ApiError::Unavailable { message: "x".into() }.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ApiError::Internal("x".into()).status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     #[test]
     fn auth_limits_and_timeouts_follow_openai() {
-        let e = RouterError::Unauthorized { message: "no key".into() };
+        let e = ApiError::Unauthorized { message: "no key".into() };
         assert_eq!(json(&e)["error"]["type"], "invalid_request_error");
         assert_eq!(json(&e)["error"]["code"], "invalid_api_key");
         assert_eq!(e.into_response().status(), StatusCode::UNAUTHORIZED);
-        let e = RouterError::RateLimited {
+        let e = ApiError::RateLimited {
             code: "concurrency_limit_exceeded",
             message: "too many".into(),
             retry_after_secs: 3,
@@ -266,14 +280,41 @@ mod tests {
         let r = e.into_response();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[axum::http::header::RETRY_AFTER], "3");
-        let e = RouterError::Timeout { secs: 7 };
+        let e = ApiError::Timeout { secs: 7 };
         assert_eq!(e.status(), StatusCode::GATEWAY_TIMEOUT);
         assert!(json(&e)["error"]["message"].as_str().unwrap().contains("--request-timeout-secs"));
     }
 
     #[test]
+    fn scheduler_errors_keep_their_message_and_get_their_status() {
+        let cases = [
+            (SchedulerError::Overloaded { waiting: 3 }, StatusCode::TOO_MANY_REQUESTS, "overloaded"),
+            (SchedulerError::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            (
+                SchedulerError::WorkerNotReady { worker: "w".into() },
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+            ),
+            (
+                SchedulerError::WorkerFailed { worker: "w".into(), message: "gone".into() },
+                StatusCode::SERVICE_UNAVAILABLE,
+                "worker_failed",
+            ),
+            (SchedulerError::Internal("bug".into()), StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        ];
+        for (s, status, code) in cases {
+            let text = s.to_string();
+            let e = ApiError::from(s);
+            assert_eq!((e.status(), e.to_string()), (status, text));
+            assert_eq!(json(&e)["error"]["code"], code);
+        }
+        let e = ApiError::from(SchedulerError::InvalidSampling("bad top_p".into()));
+        assert_eq!((e.status(), e.to_string()), (StatusCode::BAD_REQUEST, "bad top_p".to_string()));
+    }
+
+    #[test]
     fn draining_is_a_503_with_retry_after() {
-        let e = RouterError::Draining { retry_after_secs: 2 };
+        let e = ApiError::Draining { retry_after_secs: 2 };
         assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(json(&e)["error"]["code"], "draining");
         assert!(json(&e)["error"]["message"].as_str().unwrap().contains("draining"));

@@ -1,4 +1,4 @@
-//! Per-key limits (keys are identified by their label, see [`crate::auth`]): the most requests
+//! Per-key limits (keys are identified by their label, see [`super::auth`]): the most requests
 //! in flight (`--key-max-concurrent`) and a token budget per minute (`--key-tokens-per-minute`,
 //! a token bucket charged prompt tokens + max_tokens at admission). Refusals are HTTP 429 with
 //! `Retry-After`, naming the limit, the key's label and the flag that raises it.
@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::error::RouterError;
+use super::error::ApiError;
 
 /// One key's counters.
 #[derive(Debug)]
@@ -68,7 +68,7 @@ impl KeyLimits {
     }
 
     /// Takes one of `label`'s concurrent-request slots (`None` when there is no limit), or a 429.
-    pub fn acquire(self: &Arc<Self>, label: &Arc<str>) -> Result<Option<ConcurrencyGuard>, RouterError> {
+    pub fn acquire(self: &Arc<Self>, label: &Arc<str>) -> Result<Option<ConcurrencyGuard>, ApiError> {
         if self.max_concurrent == 0 {
             return Ok(None);
         }
@@ -76,7 +76,7 @@ impl KeyLimits {
         let s = self.entry(&mut map, label, Instant::now());
         if s.in_flight >= self.max_concurrent {
             count_rejection("concurrency", label);
-            return Err(RouterError::RateLimited {
+            return Err(ApiError::RateLimited {
                 code: "concurrency_limit_exceeded",
                 message: format!(
                     "too many concurrent requests for API key `{label}`: it already has {} in flight, the \
@@ -95,7 +95,7 @@ impl KeyLimits {
     /// bucket will hold enough. The bucket holds at most one minute's budget and refills
     /// continuously; a request costing more than a full bucket is admitted when the bucket is
     /// full (leaving a debt), so that every request can eventually pass.
-    pub fn charge_tokens(&self, label: &Arc<str>, cost: u64, now: Instant) -> Result<(), RouterError> {
+    pub fn charge_tokens(&self, label: &Arc<str>, cost: u64, now: Instant) -> Result<(), ApiError> {
         if self.tokens_per_minute == 0 {
             return Ok(());
         }
@@ -114,7 +114,7 @@ impl KeyLimits {
         let need = cost_f.min(capacity) - s.tokens;
         let retry_after_secs = ((need / rate).ceil() as u64).max(1);
         count_rejection("tokens_per_minute", label);
-        Err(RouterError::RateLimited {
+        Err(ApiError::RateLimited {
             code: "token_rate_limit_exceeded",
             message: format!(
                 "token rate limit reached for API key `{label}`: this request needs {cost} tokens (prompt + \
@@ -154,7 +154,7 @@ mod tests {
         let _g2 = l.acquire(&a).unwrap();
         let e = l.acquire(&a).unwrap_err();
         match &e {
-            RouterError::RateLimited { message, retry_after_secs, .. } => {
+            ApiError::RateLimited { message, retry_after_secs, .. } => {
                 assert!(message.contains("`a`") && message.contains("--key-max-concurrent"), "{message}");
                 assert_eq!(*retry_after_secs, 1);
             }
@@ -175,7 +175,7 @@ mod tests {
         l.charge_tokens(&k, 500, t0).unwrap();
         l.charge_tokens(&k, 100, t0).unwrap();
         let e = l.charge_tokens(&k, 50, t0).unwrap_err();
-        let RouterError::RateLimited { retry_after_secs, message, .. } = e else { panic!() };
+        let ApiError::RateLimited { retry_after_secs, message, .. } = e else { panic!() };
         assert_eq!(retry_after_secs, 5, "50 tokens at 10/s");
         assert!(message.contains("--key-tokens-per-minute") && message.contains("50 tokens"), "{message}");
         assert!(l.charge_tokens(&k, 50, t0 + Duration::from_secs(4)).is_err());
@@ -183,8 +183,7 @@ mod tests {
         // Larger than the bucket: admitted once the bucket is full, leaving a debt.
         let t1 = t0 + Duration::from_secs(3600);
         l.charge_tokens(&k, 1000, t1).unwrap();
-        let RouterError::RateLimited { retry_after_secs, .. } = l.charge_tokens(&k, 10, t1).unwrap_err()
-        else {
+        let ApiError::RateLimited { retry_after_secs, .. } = l.charge_tokens(&k, 10, t1).unwrap_err() else {
             panic!()
         };
         assert_eq!(retry_after_secs, 41, "400 tokens of debt + 10 at 10/s");

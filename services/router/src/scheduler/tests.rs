@@ -8,12 +8,12 @@ use std::time::Duration;
 use genarm_fusion::{SamplingParams, WireDtype};
 use tokio::sync::{mpsc, watch};
 
-use crate::backend::WorkerHealth as _;
-use crate::error::RouterError;
+use crate::scheduler::SchedulerError;
 use crate::scheduler::{
     ArmRequest, Event, FinishReason, GenRequest, Scheduler, SchedulerConfig, SchedulerHandle, SchedulerStats,
 };
 use crate::testing::{reference, FakeBackend, FakeText};
+use crate::workers::WorkerHealth as _;
 
 const V: usize = 64;
 const EOS: u32 = 0;
@@ -65,7 +65,7 @@ fn request(prompt: Vec<u32>, arms: Vec<ArmRequest>, sampling: SamplingParams, ma
 /// Collects a request's tokens and its final event.
 async fn collect(
     rx: mpsc::UnboundedReceiver<Event>,
-) -> (Vec<u32>, String, Result<FinishReason, RouterError>) {
+) -> (Vec<u32>, String, Result<FinishReason, SchedulerError>) {
     collect_after(rx, Vec::new()).await
 }
 
@@ -73,7 +73,7 @@ async fn collect(
 async fn collect_after(
     mut rx: mpsc::UnboundedReceiver<Event>,
     mut tokens: Vec<u32>,
-) -> (Vec<u32>, String, Result<FinishReason, RouterError>) {
+) -> (Vec<u32>, String, Result<FinishReason, SchedulerError>) {
     let mut text = String::new();
     loop {
         let ev = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.expect("event within 20 s");
@@ -228,7 +228,7 @@ async fn a_request_too_big_for_the_kv_pool_fails_clearly() {
     let rx = h.handle.submit(request(vec![1; 10], vec![], greedy(), 4)).unwrap();
     let (_, _, fin) = collect(rx).await;
     let err = fin.unwrap_err();
-    assert!(matches!(err, RouterError::WorkerFailed { .. }), "{err:?}");
+    assert!(matches!(err, SchedulerError::WorkerFailed { .. }), "{err:?}");
     assert!(err.to_string().contains("KV"), "{err}");
     // The server keeps serving.
     let rx = h.handle.submit(request(vec![1, 2], vec![], greedy(), 3)).unwrap();
@@ -291,7 +291,7 @@ async fn a_failing_arm_fails_only_the_requests_that_use_it() {
     h.backend.state(1).fail_calls = 1;
     let (_, _, fin) = collect(guided).await;
     match fin {
-        Err(RouterError::WorkerFailed { worker, message }) => {
+        Err(SchedulerError::WorkerFailed { worker, message }) => {
             assert!(worker.contains("arm1"), "{worker}");
             assert!(message.contains("connection refused"));
         }
@@ -310,7 +310,7 @@ async fn a_failing_arm_fails_only_the_requests_that_use_it() {
         greedy(),
         3,
     ));
-    assert!(matches!(collect(rx.unwrap()).await.2, Err(RouterError::Unavailable { .. })));
+    assert!(matches!(collect(rx.unwrap()).await.2, Err(SchedulerError::WorkerNotReady { .. })));
 }
 
 #[tokio::test]
@@ -390,7 +390,7 @@ async fn a_full_queue_answers_overloaded_at_once() {
     let _b = handle.submit(request(vec![1], vec![], greedy(), 1)).unwrap();
     assert_eq!(handle.waiting(), 2);
     match handle.submit(request(vec![1], vec![], greedy(), 1)) {
-        Err(RouterError::Overloaded { waiting: 2 }) => {}
+        Err(SchedulerError::Overloaded { waiting: 2 }) => {}
         other => panic!("{:?}", other.map(|_| ())),
     }
 }
@@ -436,7 +436,7 @@ async fn abort_fails_everything_and_releases() {
     rx.recv().await.unwrap();
     abort_tx.send(true).unwrap();
     let (_, _, fin) = collect(rx).await;
-    assert!(matches!(fin, Err(RouterError::Unavailable { .. })));
+    assert!(matches!(fin, Err(SchedulerError::ShuttingDown)));
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(backend.state(0).held.is_empty());
 }
@@ -502,7 +502,7 @@ async fn past_the_restart_grace_a_request_fails_naming_the_worker() {
     h.backend.state(1).fail_calls = 1;
     let (_, _, fin) = collect_after(rx, Vec::new()).await;
     let err = fin.expect_err("the request should fail past the grace period");
-    assert!(matches!(err, RouterError::WorkerFailed { .. }), "{err:?}");
+    assert!(matches!(err, SchedulerError::WorkerFailed { .. }), "{err:?}");
     let message = err.to_string();
     assert!(message.contains("grace period of 0.1 s"), "{message}");
     assert!(message.contains(&h.backend.display_name(1)), "{message}");

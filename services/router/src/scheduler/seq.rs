@@ -1,0 +1,103 @@
+//! A request inside the scheduler: [`Seq`], with one [`SeqModel`] per model it needs (the base,
+//! then its ARMs in fusion order) holding that model's prompt and what its worker holds.
+
+use std::time::Instant;
+
+use genarm_fusion::Sampler;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+use super::handle::{Event, TokenUsage};
+use super::text::Detokenizer;
+use crate::workers::{Bytes, ModelIndex};
+
+/// One model's view of a running sequence.
+pub(crate) struct SeqModel {
+    /// Backend index.
+    pub model: ModelIndex,
+    /// α (unused for the base).
+    pub alpha: f32,
+    /// This model's prompt.
+    pub prompt: Vec<u32>,
+    /// Tokens the worker holds for the sequence.
+    pub pos: u32,
+    /// Packed logits at the sequence's current length, once the worker sent them this round.
+    pub logits: Option<Bytes>,
+}
+
+/// A request inside the actor.
+pub(crate) struct Seq {
+    /// Sequence id on every worker.
+    pub id: u64,
+    /// Arrival order (smaller = older); preemption takes the youngest.
+    pub arrival: u64,
+    pub request_id: String,
+    /// `[0]` is the base, then the ARMs with α ≠ 0 in fusion order.
+    pub models: Vec<SeqModel>,
+    pub generated: Vec<u32>,
+    pub sampler: Sampler,
+    pub max_tokens: u32,
+    pub top_logprobs: Option<usize>,
+    pub text: Box<dyn Detokenizer>,
+    pub events: mpsc::UnboundedSender<Event>,
+    /// Held while waiting the first time; dropped when admitted.
+    pub permit: Option<OwnedSemaphorePermit>,
+    pub replays: u32,
+    /// No token sampled since (re)admission: KV exhaustion requeues it instead of preempting.
+    pub prefilling: bool,
+    /// When the request arrived (latency metrics).
+    pub received: Instant,
+    /// When its last token was sampled (inter-token latency).
+    pub last_token: Option<Instant>,
+    /// The request's span (from its HTTP handler); each step's span links to it.
+    pub span: tracing::Span,
+    /// `router.queue_wait`, a child of `span`, open from admission to the first step.
+    pub queue_wait: Option<tracing::Span>,
+    /// Since when a model slot it needs has had no ready worker (restart grace period).
+    pub outage_since: Option<Instant>,
+}
+
+impl Seq {
+    /// Tokens model slot `slot` should hold once this round's step is done.
+    pub fn target_len(&self, slot: usize) -> usize {
+        self.models[slot].prompt.len() + self.generated.len()
+    }
+
+    /// The tokens of slot `slot` from position `from` to the current length.
+    pub fn tokens_from(&self, slot: usize, from: usize) -> Vec<u32> {
+        let prompt = &self.models[slot].prompt;
+        let mut out = Vec::with_capacity(self.target_len(slot).saturating_sub(from));
+        if from < prompt.len() {
+            out.extend_from_slice(&prompt[from..]);
+            out.extend_from_slice(&self.generated);
+        } else {
+            out.extend_from_slice(&self.generated[from - prompt.len()..]);
+        }
+        out
+    }
+
+    /// Forgets what the workers hold (after a release): the next step replays from position 0.
+    pub fn reset_positions(&mut self) {
+        for m in &mut self.models {
+            m.pos = 0;
+            m.logits = None;
+        }
+    }
+
+    /// Prefill tokens this sequence adds to a step when (re)admitted.
+    pub fn prefill_tokens(&self) -> usize {
+        (0..self.models.len()).map(|s| self.target_len(s)).max().unwrap_or(0)
+    }
+
+    /// Token counts so far.
+    pub fn usage(&self) -> TokenUsage {
+        TokenUsage {
+            prompt_tokens: self.models[0].prompt.len() as u32,
+            completion_tokens: self.generated.len() as u32,
+        }
+    }
+
+    /// Whether the client went away.
+    pub fn cancelled(&self) -> bool {
+        self.events.is_closed()
+    }
+}

@@ -1,0 +1,123 @@
+//! The gRPC calls to one member: `Step` (request built from the scheduler's sequences, reply
+//! checked against them and turned into outcomes) and `Release`, with their deadlines.
+
+use std::time::Duration;
+
+use genarm_fusion::WireDtype;
+use genarm_proto::prost::Message as _;
+use genarm_proto::v1::seq_result::Outcome;
+use genarm_proto::v1::{LogitsDtype, ReleaseRequest, SeqErrorCode, StepRequest};
+use tracing::Instrument as _;
+
+use super::backend::{SeqErrorKind, SeqOutcome, SeqStep};
+use super::error::CallError;
+use super::pool::{Member, Slot, Workers};
+
+impl Workers {
+    /// One `Step` call on one member: per-sequence outcomes in order, the forward time the worker
+    /// reported, and the bytes of the request and the reply.
+    #[tracing::instrument(name = "router.worker_step", skip_all,
+        fields(worker = %slot.label, url = %member.url, seqs = seqs.len()))]
+    pub(super) async fn step_on(
+        &self,
+        slot: &Slot,
+        member: &Member,
+        seqs: Vec<SeqStep>,
+        logits_len: u32,
+        dtype: WireDtype,
+    ) -> Result<(Vec<SeqOutcome>, Duration, u64), CallError> {
+        let ids: Vec<u64> = seqs.iter().map(|s| s.seq_id).collect();
+        let req = StepRequest {
+            reward_name: slot.reward_name.clone(),
+            seqs: seqs
+                .into_iter()
+                .map(|s| genarm_proto::v1::SeqStep {
+                    seq_id: s.seq_id,
+                    start_pos: s.start_pos,
+                    tokens: s.tokens,
+                })
+                .collect(),
+            logits_dtype: proto_dtype(dtype) as i32,
+            logits_len,
+        };
+        let request_bytes = req.encoded_len() as u64;
+        let mut client = member.client.clone();
+        let resp =
+            tokio::time::timeout(self.step_timeout, client.step(genarm_telemetry::traced_request(req)))
+                .await
+                .map_err(|_| CallError::Timeout {
+                    call: "Step",
+                    limit: self.step_timeout,
+                    hint: " (--step-timeout-secs): the worker is stalled or overloaded",
+                })?
+                .map_err(|s| CallError::from_status(&s))?
+                .into_inner();
+        if resp.results.len() != ids.len() {
+            return Err(CallError::Protocol(format!(
+                "answered {} results for a step of {} sequences",
+                resp.results.len(),
+                ids.len()
+            )));
+        }
+        let wire_bytes = request_bytes + resp.encoded_len() as u64;
+        let forward = Duration::from_micros(resp.forward_micros);
+        let outcomes = resp
+            .results
+            .into_iter()
+            .zip(ids)
+            .map(|(r, id)| {
+                if r.seq_id != id {
+                    return Err(CallError::Protocol(format!(
+                        "answered sequence {} where {id} was expected",
+                        r.seq_id
+                    )));
+                }
+                Ok(match r.outcome {
+                    Some(Outcome::Logits(bytes)) => SeqOutcome::Logits(bytes),
+                    Some(Outcome::Error(e)) => {
+                        SeqOutcome::Error { kind: error_kind(e.code), message: e.message }
+                    }
+                    None => SeqOutcome::Error { kind: SeqErrorKind::Invalid, message: "no outcome".into() },
+                })
+            })
+            .collect::<Result<Vec<_>, CallError>>()?;
+        Ok((outcomes, forward, wire_bytes))
+    }
+
+    /// One `Release` call on one member, within `timeout`.
+    pub(super) async fn release_on(
+        slot: &Slot,
+        member: &Member,
+        seq_ids: Vec<u64>,
+        timeout: Duration,
+    ) -> Result<(), CallError> {
+        let mut client = member.client.clone();
+        let span = tracing::info_span!("router.worker_release", worker = %slot.label, url = %member.url);
+        let request = span.in_scope(|| genarm_telemetry::traced_request(ReleaseRequest { seq_ids }));
+        tokio::time::timeout(timeout, client.release(request))
+            .instrument(span)
+            .await
+            .map_err(|_| CallError::Timeout { call: "Release", limit: timeout, hint: "" })?
+            .map(|_| ())
+            .map_err(|s| CallError::from_status(&s))
+    }
+}
+
+/// The proto enum for a wire dtype.
+fn proto_dtype(d: WireDtype) -> LogitsDtype {
+    match d {
+        WireDtype::F32 => LogitsDtype::F32,
+        WireDtype::Bf16 => LogitsDtype::Bf16,
+        WireDtype::F16 => LogitsDtype::F16,
+    }
+}
+
+/// The step loop's kind of a worker's per-sequence error code.
+fn error_kind(code: i32) -> SeqErrorKind {
+    match SeqErrorCode::try_from(code) {
+        Ok(SeqErrorCode::UnknownSequence) => SeqErrorKind::UnknownSequence,
+        Ok(SeqErrorCode::PositionMismatch) => SeqErrorKind::PositionMismatch,
+        Ok(SeqErrorCode::KvExhausted) => SeqErrorKind::KvExhausted,
+        _ => SeqErrorKind::Invalid,
+    }
+}
