@@ -150,6 +150,16 @@ pub struct ChatCompletionRequest {
     pub logprobs: bool,
     /// How many top log-probs per token (needs `logprobs: true`).
     pub top_logprobs: Option<u32>,
+    /// Tool definitions (refused when non-empty: tool calling is not supported).
+    pub tools: Option<serde_json::Value>,
+    /// Tool choice (refused unless `"none"`).
+    pub tool_choice: Option<serde_json::Value>,
+    /// The deprecated function definitions (refused when non-empty).
+    pub functions: Option<serde_json::Value>,
+    /// The deprecated function choice (refused unless `"none"`).
+    pub function_call: Option<serde_json::Value>,
+    /// Output format (only `{"type": "text"}` is supported).
+    pub response_format: Option<serde_json::Value>,
 }
 
 /// `usage` of a response.

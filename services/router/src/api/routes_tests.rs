@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::api::validate::ValidationConfig;
 use crate::api::{router, AppState, Core};
-use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerHandle};
 use crate::testing::{fixture_catalog, FakeBackend};
 use crate::workers::Catalog;
 
@@ -19,6 +19,7 @@ use crate::workers::Catalog;
 pub(crate) struct Server {
     url: String,
     backend: Arc<FakeBackend>,
+    handle: SchedulerHandle,
     client: reqwest::Client,
     _abort: watch::Sender<bool>,
 }
@@ -70,11 +71,11 @@ pub(crate) async fn serve_catalog(
     configure(&mut state);
     let state = Arc::new(state);
     let health: Arc<dyn crate::workers::WorkerHealth> = backend.clone();
-    let _ = state.core.set(Core { catalog, health, scheduler: handle, validation });
+    let _ = state.core.set(Core { catalog, health, scheduler: handle.clone(), validation });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
-    Server { url, backend, client: reqwest::Client::new(), _abort: abort_tx }
+    Server { url, backend, handle, client: reqwest::Client::new(), _abort: abort_tx }
 }
 
 impl Server {
@@ -228,6 +229,18 @@ async fn body_rejections_are_openai_errors() {
         s.post_json("/v1/chat/completions", json!({"model": "tiny", "messages": [{"content": "x"}]})).await;
     assert_eq!(st, 400);
     assert_error(&v, Some("messages"), "role");
+    let (st, v) = s
+        .post_json(
+            "/v1/chat/completions",
+            json!({"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}),
+        )
+        .await;
+    assert_eq!(st, 400);
+    assert_error(
+        &v,
+        Some("messages[0].role"),
+        "\"wizard\", which is not a chat role; use one of system, developer",
+    );
 
     let (st, v) = s.post_json("/v1/completions", json!({"model": "nope", "prompt": "x"})).await;
     assert_eq!(st, 404);
@@ -289,7 +302,11 @@ async fn a_full_queue_answers_429() {
     let first = tokio::spawn(async move {
         s2.post_json("/v1/completions", json!({"model": "tiny", "prompt": "x"})).await
     });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.handle.waiting() < 1 {
+        assert!(std::time::Instant::now() < deadline, "the first request never reached the queue");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     let (st, v) = s.post_json("/v1/completions", json!({"model": "tiny", "prompt": "x"})).await;
     assert_eq!(st, 429);
     assert_error(&v, None, "overloaded");

@@ -18,6 +18,15 @@ use crate::workers::WorkerHealth as _;
 const V: usize = 64;
 const EOS: u32 = 0;
 
+/// Polls `cond` until it holds, failing with `what` after 10 s (waits never sleep-then-assert).
+async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn config() -> SchedulerConfig {
     SchedulerConfig {
         vocab: V,
@@ -113,8 +122,7 @@ async fn unguided_greedy_matches_reference_and_calls_no_arm() {
     assert_eq!(text, want.iter().filter(|&&t| t != EOS).map(|t| format!("<{t}>")).collect::<String>());
     assert_eq!(fin.unwrap(), if want.len() < 12 { FinishReason::Stop } else { FinishReason::Length });
     assert!(h.backend.state(1).steps.is_empty() && h.backend.state(2).steps.is_empty());
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(h.backend.state(0).held.is_empty(), "released after finishing");
+    wait_until("released after finishing", || h.backend.state(0).held.is_empty()).await;
 }
 
 #[tokio::test]
@@ -218,8 +226,10 @@ async fn kv_exhaustion_preempts_and_replays_without_changing_outputs() {
         assert_eq!(tokens, reference_tokens(&[i + 1, 2, 3, 4], &arms, p, 12), "request {i}");
     }
     assert!(h.stats.preemptions.load(Ordering::Relaxed) > 0, "the pool was too small for all at once");
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(h.backend.state(0).held.is_empty() && h.backend.state(1).held.is_empty());
+    wait_until("every sequence is released", || {
+        h.backend.state(0).held.is_empty() && h.backend.state(1).held.is_empty()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -287,7 +297,7 @@ async fn a_failing_arm_fails_only_the_requests_that_use_it() {
     let arms = vec![ArmRequest { model: 1, alpha: 1.0, prompt: vec![1, 2] }];
     let guided = h.handle.submit(request(vec![1, 2], arms, greedy(), 1000)).unwrap();
     let unguided = h.handle.submit(request(vec![1, 2], vec![], greedy(), 30)).unwrap();
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    wait_until("the guided request is running", || !h.backend.state(1).steps.is_empty()).await;
     h.backend.state(1).fail_calls = 1;
     let (_, _, fin) = collect(guided).await;
     match fin {
@@ -301,8 +311,7 @@ async fn a_failing_arm_fails_only_the_requests_that_use_it() {
     assert!(fin.is_ok());
     assert_eq!(tokens, reference_tokens(&[1, 2], &[], greedy(), 30));
     assert!(!h.backend.models[1].ready.load(Ordering::SeqCst), "marked not ready");
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(h.backend.state(0).held.is_empty(), "the failed request was released on the base");
+    wait_until("the failed request is released on the base", || h.backend.state(0).held.is_empty()).await;
     // While the ARM is not ready, requests for it fail at once; others work.
     let rx = h.handle.submit(request(
         vec![1],
@@ -352,10 +361,7 @@ async fn positive_infinity_fails_naming_the_worker_and_negative_infinity_is_a_le
     assert_eq!(tokens.len(), 6);
     assert_ne!(tokens[0] as usize, first, "the masked id was sampled: {tokens:?}");
     // Nothing is left on any worker.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    for m in 0..3 {
-        assert!(h.backend.state(m).held.is_empty(), "worker {m} still holds sequences");
-    }
+    wait_until("no worker holds a sequence", || (0..3).all(|m| h.backend.state(m).held.is_empty())).await;
 }
 
 #[tokio::test]
@@ -370,10 +376,12 @@ async fn a_client_that_goes_away_is_released_everywhere() {
         }
     }
     drop(rx);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(h.backend.state(0).held.is_empty());
-    assert!(h.backend.state(1).held.is_empty());
+    wait_until("the cancelled request is released everywhere", || {
+        h.backend.state(0).held.is_empty() && h.backend.state(1).held.is_empty()
+    })
+    .await;
     let steps = h.backend.state(0).steps.len();
+    // An absence: no step may come for it during a while (this cannot pass by luck if one does).
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(h.backend.state(0).steps.len(), steps, "no more steps for it");
 }
@@ -437,8 +445,7 @@ async fn abort_fails_everything_and_releases() {
     abort_tx.send(true).unwrap();
     let (_, _, fin) = collect(rx).await;
     assert!(matches!(fin, Err(SchedulerError::ShuttingDown)));
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(backend.state(0).held.is_empty());
+    wait_until("the aborted request is released", || backend.state(0).held.is_empty()).await;
 }
 
 fn start_with_grace(backend: FakeBackend, cfg: SchedulerConfig, grace: Duration) -> Harness {
@@ -498,7 +505,7 @@ async fn past_the_restart_grace_a_request_fails_naming_the_worker() {
     let h = start_with_grace(backend, config(), Duration::from_millis(100));
     let arms = vec![ArmRequest { model: 1, alpha: 1.0, prompt: vec![1, 2] }];
     let rx = h.handle.submit(request(vec![1, 2], arms, greedy(), 1000)).unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    wait_until("the guided request is running", || !h.backend.state(1).steps.is_empty()).await;
     h.backend.state(1).fail_calls = 1;
     let (_, _, fin) = collect_after(rx, Vec::new()).await;
     let err = fin.expect_err("the request should fail past the grace period");

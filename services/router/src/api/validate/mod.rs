@@ -6,7 +6,7 @@
 
 mod guidance;
 mod model;
-mod prompt;
+pub mod prompt;
 mod sampling;
 #[cfg(test)]
 mod tests;
@@ -18,7 +18,10 @@ use genarm_text::{ChatMessage, TemplateSandbox};
 
 pub use guidance::resolve_guidance;
 pub use model::check_model;
-use prompt::{check_prompt_limit, check_prompts_nonempty, fit_context, render_chat, text_error};
+use prompt::{
+    check_prompt_limit, check_prompts_nonempty, check_roles, check_unsupported_chat_fields, fit_context,
+    render_chat, text_error,
+};
 use sampling::check_sampling;
 
 use crate::api::error::ApiError;
@@ -198,6 +201,8 @@ pub fn prepare_chat(
     cfg: &ValidationConfig,
 ) -> Result<Prepared, ApiError> {
     check_model(&req.model, cfg, catalog)?;
+    check_roles(&req.messages)?;
+    check_unsupported_chat_fields(&req)?;
     let mut sampling = req.sampling;
     if req.max_completion_tokens.is_some() {
         sampling.max_tokens = req.max_completion_tokens;

@@ -5,6 +5,7 @@ use genarm_text::{ChatMessage, ModelText, TemplateSandbox, TextError};
 
 use super::ValidationConfig;
 use crate::api::error::ApiError;
+use crate::api::openai::ChatCompletionRequest;
 use crate::workers::{Catalog, ModelIndex};
 
 /// Renders a chat for `text`'s model, in `sandbox` if given. The sandbox's round trip blocks
@@ -109,6 +110,64 @@ pub(super) fn check_prompts_nonempty(
                     "the prompt is empty: it encodes to no tokens for model {} (which adds no BOS token); \
                      send some text",
                     catalog.models[m].model_id
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The chat roles of the OpenAI API.
+pub const CHAT_ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
+
+/// Every message's role must be one of [`CHAT_ROLES`] (OpenAI answers 400 to any other); the
+/// error names the message, its role and the allowed ones.
+pub(super) fn check_roles(messages: &[ChatMessage]) -> Result<(), ApiError> {
+    for (i, m) in messages.iter().enumerate() {
+        if !CHAT_ROLES.contains(&m.role.as_str()) {
+            return Err(ApiError::invalid(
+                format!("messages[{i}].role"),
+                format!(
+                    "`messages[{i}].role` is {:?}, which is not a chat role; use one of {}",
+                    m.role,
+                    CHAT_ROLES.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Chat fields that ask for what the router cannot do (tool calls, structured output) are
+/// refused rather than ignored: a client that sends tools expects tool calls.
+pub(super) fn check_unsupported_chat_fields(req: &ChatCompletionRequest) -> Result<(), ApiError> {
+    let present = |v: &Option<serde_json::Value>| match v {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Array(a)) => !a.is_empty(),
+        Some(serde_json::Value::String(s)) => s != "none",
+        Some(_) => true,
+    };
+    for (name, v) in [
+        ("tools", &req.tools),
+        ("tool_choice", &req.tool_choice),
+        ("functions", &req.functions),
+        ("function_call", &req.function_call),
+    ] {
+        if present(v) {
+            return Err(ApiError::invalid(
+                name,
+                format!("`{name}` is not supported: this server does not call tools; omit it"),
+            ));
+        }
+    }
+    if let Some(format) = &req.response_format {
+        let kind = format.get("type").and_then(serde_json::Value::as_str);
+        if !format.is_null() && kind != Some("text") {
+            return Err(ApiError::invalid(
+                "response_format",
+                format!(
+                    "only `response_format` {{\"type\": \"text\"}} is supported, got {format}; omit it for \
+                     plain text"
                 ),
             ));
         }

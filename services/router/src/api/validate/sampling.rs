@@ -7,6 +7,9 @@ use super::ValidationConfig;
 use crate::api::error::ApiError;
 use crate::api::openai::SamplingFields;
 
+/// The largest `temperature` the OpenAI API accepts.
+pub const MAX_TEMPERATURE: f32 = 2.0;
+
 /// Checks the fields shared by both endpoints; returns the sampling parameters, the stop strings
 /// and `(stream, include_usage)`.
 pub(super) fn check_sampling(
@@ -47,6 +50,14 @@ pub(super) fn check_sampling(
             ))
         }
     };
+    if let Some(t) = s.temperature.filter(|t| *t > MAX_TEMPERATURE) {
+        return Err(ApiError::invalid(
+            "temperature",
+            format!(
+                "`temperature` must be at most {MAX_TEMPERATURE} (the OpenAI API's range is [0, 2]), got {t}"
+            ),
+        ));
+    }
     let params = SamplingParams {
         temperature: s.temperature.unwrap_or(1.0),
         top_k,

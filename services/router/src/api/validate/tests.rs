@@ -220,3 +220,58 @@ fn default_guidance_applies_only_without_a_guidance_field() {
     .unwrap();
     assert!(p.gen.arms.is_empty());
 }
+
+fn chat(v: serde_json::Value) -> Result<Prepared, ApiError> {
+    let mut base = serde_json::json!({"model": "tiny", "messages": [{"role": "user", "content": "Hi"}]});
+    for (k, x) in v.as_object().unwrap() {
+        base[k] = x.clone();
+    }
+    prepare_chat(serde_json::from_value(base).unwrap(), "chatcmpl-1".into(), &catalog(), &cfg())
+}
+
+#[test]
+fn a_role_outside_the_openai_roles_is_refused_naming_it_and_the_allowed_ones() {
+    let (msg, p, s) = err_of(chat(serde_json::json!({"messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "wizard", "content": "Hi"}
+    ]})));
+    assert_eq!((p.as_deref(), s), (Some("messages[1].role"), 400), "{msg}");
+    assert!(msg.contains("\"wizard\""), "{msg}");
+    for role in prompt::CHAT_ROLES {
+        assert!(msg.contains(role), "`{msg}` lacks `{role}`");
+    }
+    // Role names are case-sensitive, as in the OpenAI API.
+    assert_eq!(err_of(chat(serde_json::json!({"messages": [{"role": "User", "content": "Hi"}]}))).2, 400);
+    for role in prompt::CHAT_ROLES {
+        let messages = serde_json::json!([{"role": role, "content": "x"}, {"role": "user", "content": "Hi"}]);
+        chat(serde_json::json!({ "messages": messages })).unwrap_or_else(|e| panic!("{role}: {e}"));
+    }
+}
+
+#[test]
+fn openai_fields_this_server_cannot_honour_are_refused_not_ignored() {
+    let tool = serde_json::json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
+    let cases = [
+        (serde_json::json!({ "tools": tool }), "tools", "not supported"),
+        (serde_json::json!({"tool_choice": "required"}), "tool_choice", "not supported"),
+        (serde_json::json!({ "functions": tool }), "functions", "not supported"),
+        (serde_json::json!({"function_call": {"name": "f"}}), "function_call", "not supported"),
+        (serde_json::json!({"response_format": {"type": "json_object"}}), "response_format", "json_object"),
+        (serde_json::json!({"temperature": 2.5}), "temperature", "at most 2"),
+    ];
+    for (body, param, needle) in cases {
+        let (msg, p, s) = err_of(chat(body.clone()));
+        assert_eq!((p.as_deref(), s), (Some(param), 400), "{body}: {msg}");
+        assert!(msg.contains(needle), "{body}: `{msg}` lacks `{needle}`");
+    }
+    // What asks for nothing is accepted: no tools, tool_choice "none", plain text, T = 2.
+    for body in [
+        serde_json::json!({"tools": [], "tool_choice": "none", "functions": null}),
+        serde_json::json!({"response_format": {"type": "text"}}),
+        serde_json::json!({"temperature": 2.0}),
+    ] {
+        chat(body.clone()).unwrap_or_else(|e| panic!("{body}: {e}"));
+    }
+    let (msg, p, _) = err_of(completion(serde_json::json!({"temperature": 3})));
+    assert_eq!(p.as_deref(), Some("temperature"), "{msg}");
+}
