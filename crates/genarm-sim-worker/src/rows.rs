@@ -1,0 +1,241 @@
+//! `RowBank`: the simulated model's logit rows — recorded from real models (or, for protocol
+//! tests, synthetic) — mapped onto the simulated vocabulary and packed for the wire once per
+//! (row, dtype, length), so that answering a step costs the simulator next to nothing.
+//!
+//! Mapping a row recorded over `Vr` ids onto `V` ids: ids below `min(V, Vr)` keep their recorded
+//! logit; when `V > Vr`, each extra id copies the logit of a recorded id chosen by a fixed hash,
+//! lowered by [`EXTRA_ID_SHIFT`] — a larger tokenizer's extra ids are rarer tokens, so the head,
+//! entropy and top-k mass of the recorded distribution survive the mapping.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use genarm_fusion::rng::SplitMix64;
+use genarm_fusion::{pack, WireDtype};
+use genarm_proto::prost::bytes::Bytes;
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+
+/// How much lower (in logits, natural log) an extra id of a mapped row is than the recorded id it
+/// copies: e^-3 ≈ 5% as likely.
+pub const EXTRA_ID_SHIFT: f32 = 3.0;
+
+/// Why a rows file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RowsError {
+    /// The file cannot be read.
+    #[error("cannot read the rows file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a safetensors file, or lacks the tensor, or it has the wrong shape.
+    #[error("the rows file {path}: {message}")]
+    Format {
+        /// The file.
+        path: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+/// A bank of logit rows for one simulated model.
+#[derive(Debug)]
+pub struct RowBank {
+    /// Rows over the recorded vocabulary.
+    rows: Vec<Vec<f32>>,
+    /// The simulated vocabulary size.
+    vocab: usize,
+    /// Packed mapped rows by (row, dtype, logits length).
+    packed: Mutex<HashMap<(usize, WireDtype, usize), Bytes>>,
+}
+
+impl RowBank {
+    /// A bank over `rows` (each over the same recorded vocabulary), mapped onto `vocab` ids.
+    pub fn new(rows: Vec<Vec<f32>>, vocab: usize) -> Result<Self, String> {
+        let width = rows.first().map(Vec::len).ok_or("no rows")?;
+        if width == 0 || rows.iter().any(|r| r.len() != width) {
+            return Err("the rows must be non-empty and of one width".into());
+        }
+        if vocab == 0 {
+            return Err("the simulated vocabulary is empty".into());
+        }
+        Ok(RowBank { rows, vocab, packed: Mutex::new(HashMap::new()) })
+    }
+
+    /// Reads tensor `tensor` (shape `[rows, recorded vocab]`, F32 or F16) of the safetensors
+    /// file `path`.
+    pub fn load(path: &Path, tensor: &str, vocab: usize) -> Result<Self, RowsError> {
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| RowsError::Read { path: shown.clone(), source })?;
+        let format = |message: String| RowsError::Format { path: shown.clone(), message };
+        let st =
+            SafeTensors::deserialize(&bytes).map_err(|e| format(format!("not a safetensors file: {e}")))?;
+        let view = st.tensor(tensor).map_err(|_| {
+            let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+            names.sort();
+            format(format!(
+                "has no tensor `{tensor}` (it has {}); pick one with --rows-tensor",
+                names.join(", ")
+            ))
+        })?;
+        let [n, width] = view.shape() else {
+            return Err(format(format!("tensor `{tensor}` has shape {:?}, not [rows, vocab]", view.shape())));
+        };
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => {
+                view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+            }
+            Dtype::F16 => {
+                view.data().chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+            }
+            other => return Err(format(format!("tensor `{tensor}` is {other:?}; write F32 or F16 rows"))),
+        };
+        let rows: Vec<Vec<f32>> = values.chunks_exact(*width).take(*n).map(<[f32]>::to_vec).collect();
+        RowBank::new(rows, vocab).map_err(|e| format(format!("tensor `{tensor}`: {e}")))
+    }
+
+    /// Writes named banks of rows (`[rows, recorded vocab]` each) to a safetensors file, as F16.
+    pub fn write(path: &Path, tensors: &[(&str, &[Vec<f32>])]) -> std::io::Result<()> {
+        let mut data: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
+        for (name, rows) in tensors {
+            let width = rows.first().map(Vec::len).unwrap_or(0);
+            let bytes: Vec<u8> =
+                rows.iter().flatten().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
+            data.push((name.to_string(), bytes, vec![rows.len(), width]));
+        }
+        let views: Vec<(String, TensorView<'_>)> = data
+            .iter()
+            .map(|(name, bytes, shape)| {
+                let view = TensorView::new(Dtype::F16, shape.clone(), bytes)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                Ok((name.clone(), view))
+            })
+            .collect::<std::io::Result<_>>()?;
+        let bytes = safetensors::serialize(views, None).map_err(|e| std::io::Error::other(e.to_string()))?;
+        std::fs::write(path, bytes)
+    }
+
+    /// `n` seeded Zipf-shaped rows over `width` ids (a random permutation of `-1.1 · ln(rank)`
+    /// plus noise) — for protocol tests only. `variant` perturbs them, so that the banks of two
+    /// models built from one seed disagree the way a base and an ARM do, a little.
+    pub fn synthetic(n: usize, width: usize, vocab: usize, seed: u64, variant: u64) -> Result<Self, String> {
+        let mut rows = Vec::with_capacity(n);
+        for r in 0..n as u64 {
+            let mut base = SplitMix64::new(seed ^ r.wrapping_mul(0xA24B_AED4_963E_E407));
+            let mut noise =
+                SplitMix64::new(seed ^ variant.wrapping_add(1).wrapping_mul(0x9FB2_1C65_1E98_DF25) ^ r);
+            let mut row: Vec<f32> = (0..width).map(|rank| -1.1 * ((rank + 1) as f32).ln()).collect();
+            for i in (1..width).rev() {
+                let j = (base.next_u64() % (i as u64 + 1)) as usize;
+                row.swap(i, j);
+            }
+            if variant != 0 {
+                for x in &mut row {
+                    *x += (unit(noise.next_u64()) - 0.5) as f32 * 2.0;
+                }
+            }
+            rows.push(row);
+        }
+        RowBank::new(rows, vocab)
+    }
+
+    /// How many rows the bank holds.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether the bank is empty (never, once built).
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The row that sequence `seq_id` gets at `position` under `seed`: the same on every simulated
+    /// model of a cluster started with one seed.
+    pub fn index(&self, seed: u64, seq_id: u64, position: u64) -> usize {
+        let mut h =
+            SplitMix64::new(seed ^ seq_id.wrapping_mul(0xD6E8_FEB8_6659_FD93) ^ position.rotate_left(32));
+        (h.next_u64() % self.rows.len() as u64) as usize
+    }
+
+    /// Row `index` mapped onto the simulated vocabulary (see the module docs).
+    pub fn mapped(&self, index: usize) -> Vec<f32> {
+        let row = &self.rows[index % self.rows.len()];
+        let width = row.len();
+        let mut out = Vec::with_capacity(self.vocab);
+        out.extend_from_slice(&row[..width.min(self.vocab)]);
+        for id in width..self.vocab {
+            let src = (SplitMix64::new(id as u64).next_u64() % width as u64) as usize;
+            out.push(row[src] - EXTRA_ID_SHIFT);
+        }
+        out
+    }
+
+    /// Row `index` mapped, cut to `len` logits (padded with −∞ past the vocabulary) and packed as
+    /// `dtype`; computed once, then shared.
+    pub fn packed(&self, index: usize, dtype: WireDtype, len: usize) -> Bytes {
+        let index = index % self.rows.len();
+        let key = (index, dtype, len);
+        if let Some(b) = self.packed.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return b.clone();
+        }
+        let mut row = self.mapped(index);
+        row.resize(len, f32::NEG_INFINITY);
+        let mut out = Vec::new();
+        pack(&row, dtype, &mut out);
+        let bytes = Bytes::from(out);
+        self.packed.lock().unwrap_or_else(|e| e.into_inner()).insert(key, bytes.clone());
+        bytes
+    }
+}
+
+/// A uniform draw in [0, 1) from 53 random bits.
+fn unit(x: u64) -> f64 {
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_survive_a_file_round_trip_and_map_onto_a_larger_vocabulary() {
+        let bank = RowBank::synthetic(3, 100, 100, 7, 0).unwrap();
+        let rows: Vec<Vec<f32>> = (0..3).map(|i| bank.mapped(i)).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rows.safetensors");
+        RowBank::write(&path, &[("base", &rows)]).unwrap();
+        let back = RowBank::load(&path, "base", 250).unwrap();
+        assert_eq!(back.len(), 3);
+        let m = back.mapped(1);
+        assert_eq!(m.len(), 250);
+        for (a, b) in m[..100].iter().zip(&rows[1]) {
+            assert!((a - b).abs() <= 1e-2 * b.abs().max(1.0), "{a} vs {b}");
+        }
+        // The head stays the recorded head: every extra id is below the recorded max.
+        let max = m[..100].iter().cloned().fold(f32::MIN, f32::max);
+        assert!(m[100..].iter().all(|&x| x <= max - EXTRA_ID_SHIFT + 1e-3));
+        let err = RowBank::load(&path, "arm.helpful", 250).unwrap_err().to_string();
+        assert!(
+            err.contains("arm.helpful") && err.contains("base") && err.contains("--rows-tensor"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_sequence_gets_the_same_row_on_every_model_and_rows_are_deterministic() {
+        let base = RowBank::synthetic(50, 64, 64, 1, 0).unwrap();
+        let arm = RowBank::synthetic(50, 64, 64, 1, 3).unwrap();
+        assert_eq!(base.index(9, 123, 4), arm.index(9, 123, 4));
+        let spread: std::collections::HashSet<usize> = (0..200).map(|p| base.index(9, 123, p)).collect();
+        assert!(spread.len() > 30, "positions should spread over the rows: {}", spread.len());
+        assert_eq!(base.mapped(5), RowBank::synthetic(50, 64, 64, 1, 0).unwrap().mapped(5));
+        assert_ne!(base.mapped(5), arm.mapped(5), "a variant must disagree with the base");
+        let packed = base.packed(5, WireDtype::F32, 70);
+        assert_eq!(packed.len(), 70 * 4);
+        assert_eq!(packed.as_ptr(), base.packed(5, WireDtype::F32, 70).as_ptr(), "packed once, then shared");
+    }
+}
