@@ -1,5 +1,5 @@
 //! Invalid requests get the right 4xx with an OpenAI error JSON whose message names the problem,
-//! and the router keeps serving after each: every invalid input of DESIGN.md §4, malformed JSON,
+//! and the router keeps serving after each: every invalid input of docs/architecture.md §4, malformed JSON,
 //! invalid UTF-8, an oversized body, a prompt longer than the context, an unknown model; and an
 //! overloaded router answers 429 at once. Real processes on loopback.
 

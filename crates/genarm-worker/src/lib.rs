@@ -1,7 +1,7 @@
 //! genarm-worker: the runtime both worker services run — `genarm-base-worker` (the base model,
 //! tensor-parallel) and `genarm-rm-worker` (an autoregressive reward model). It loads a model into
 //! the engine, serves the `genarm.v1.Worker` gRPC protocol (`Info`, `Step`, `Release`, `Stats`,
-//! DESIGN.md §3) and `grpc.health.v1` over it, and follows the process contract: flags with
+//! docs/architecture.md §3) and `grpc.health.v1` over it, and follows the process contract: flags with
 //! `GENARM_*` env vars, one `GENARM_LISTENING grpc <addr>` line on stdout once bound, logs on
 //! stderr, a clean exit on SIGTERM/SIGINT.
 //!
