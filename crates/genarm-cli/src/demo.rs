@@ -250,7 +250,7 @@ pub async fn make_pairs(args: MakePairsArgs) -> Result<()> {
             })
             .collect::<Result<_>>()?
     };
-    let mut prompt_list = genarm_demo::prompts::read_prompt_file(&args.prompts)?;
+    let mut prompt_list = prompts::read_prompt_file(&args.prompts)?;
     if let Some(limit) = args.limit {
         prompt_list.truncate(limit);
     }

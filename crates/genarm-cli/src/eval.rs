@@ -88,7 +88,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
     };
     let (report, files) = evaluate(&cfg).await.context("genarm eval")?;
     println!("{}", genarm_eval::report::markdown_table(&report));
-    println!("wrote {} in {}", genarm_eval::evaluate::describe_files(&files, &args.out), args.out.display());
+    println!("wrote {} in {}", evaluate::describe_files(&files, &args.out), args.out.display());
     if report.failures > 0 {
         bail!(
             "{} of {} requests failed after a retry (listed in {}/eval.md; excluded from the means)",

@@ -1,6 +1,5 @@
 //! The `genarm` command's library: `genarm launch` ([`launch`]) and the supervision of the
 //! service processes it starts ([`supervise`]).
-#![warn(missing_docs)]
 
 pub mod bench;
 pub mod demo;

@@ -57,7 +57,7 @@ fn step_logits(worker: &mut ChildProcess, tokens: &[u32]) -> (String, Vec<f32>) 
                     let info = client.info(InfoRequest {}).await.expect("Info").into_inner();
                     return (info.model_id, logits);
                 }
-                Ok(Err(status)) if status.code() == genarm_proto::tonic::Code::Unavailable => {}
+                Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {}
                 Ok(Err(status)) => panic!("{}: Step: {status}\n{}", worker.name(), worker.log_tail(30)),
                 Err(_) => panic!("{}: Step timed out", worker.name()),
             }

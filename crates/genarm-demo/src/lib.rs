@@ -1,7 +1,5 @@
 //! The genarm demo: two transparent, deliberately conflicting objectives with deterministic
 //! scorers, the prompt set they are trained and evaluated on, and fetching the demo base model.
-#![warn(missing_docs)]
-#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod fetch;
 pub mod pairs;

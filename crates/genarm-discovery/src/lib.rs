@@ -5,7 +5,6 @@
 //! get, then a watch from the next revision; after a lost connection it gets and watches again,
 //! reporting only what changed). [`register_with`] and [`watch_with`] take [`EtcdSecurity`]:
 //! TLS and user/password authentication.
-#![warn(missing_docs)]
 
 use std::collections::BTreeMap;
 use std::time::Duration;

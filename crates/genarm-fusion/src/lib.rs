@@ -41,8 +41,6 @@
 //! order, so a seed's tokens do not change with a dependency upgrade, a platform or a CPU. On x86-64
 //! the exponential loops are compiled for AVX2 and AVX-512F as well and chosen at run time (the only
 //! `unsafe` in the crate: calling them after `is_x86_feature_detected!`); they give the same bits.
-#![deny(unsafe_op_in_unsafe_fn)]
-#![warn(missing_docs)]
 
 pub mod error;
 pub mod fuse;

@@ -1,6 +1,7 @@
 //! Step throughput of the engine in tokens/s: prefill and decode, batch 1/8/32, TP 1 vs 2 (3), on a
 //! ~30M-parameter fixture and (when fetched) SmolLM2-135M; plus the machine's copy bandwidth,
 //! which bounds batch-1 decode from below (every weight byte is read once per step).
+#![allow(missing_docs)] // criterion_group! defines an undocumented public function
 
 use std::time::{Duration, Instant};
 

@@ -2,8 +2,6 @@
 //! optional error bars ([`LineChart`]), and a labeled scatter with its Pareto front highlighted
 //! ([`ScatterChart`]). Text is drawn with a bundled DejaVu Sans (`fonts/`), so rendering needs no
 //! system font or fontconfig.
-#![warn(missing_docs)]
-#![deny(unsafe_op_in_unsafe_fn)]
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -10,9 +10,6 @@
 //! seeded function of `(seq_id, position)`, the same on every simulated model, so the base's and
 //! the ARMs' rows at a step come from the same recorded position and disagree as real ones do.
 
-#![deny(unsafe_op_in_unsafe_fn)]
-#![warn(missing_docs)]
-
 pub mod args;
 pub mod rows;
 pub mod service;

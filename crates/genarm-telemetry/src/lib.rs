@@ -1,7 +1,6 @@
 //! Tracing setup shared by the genarm binaries: fmt logs to stderr, plus, when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, span export over OTLP/gRPC and W3C trace-context
 //! propagation helpers for tonic metadata.
-#![warn(missing_docs)]
 
 use std::io::IsTerminal as _;
 

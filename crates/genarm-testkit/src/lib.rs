@@ -6,7 +6,6 @@
 //! with [`fixture_dir`]; regenerate with `cargo run -p genarm-testkit --bin genarm-fixtures`);
 //! benchmarks write a [`sized_spec`] to a temporary directory. [`smollm2`] locates the real demo
 //! model.
-#![warn(missing_docs)]
 
 pub mod cache;
 pub mod cluster;

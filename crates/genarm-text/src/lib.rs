@@ -7,8 +7,6 @@
 //! ids into streamed text with a [`StreamDecoder`] and cut it at stop strings with a
 //! [`StopMatcher`]. Templates from untrusted model directories render in a memory-limited child
 //! process through a [`TemplateSandbox`] ([`ModelText::render_chat_in`]).
-#![deny(unsafe_op_in_unsafe_fn)]
-#![warn(missing_docs)]
 
 mod chat;
 mod detokenize;

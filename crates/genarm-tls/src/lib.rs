@@ -5,8 +5,6 @@
 //! flags plus `--tls-server-name` and the etcd flags) and dials every worker with
 //! [`ClientTls::config_for`], which verifies the worker's certificate against the CA and the
 //! expected name. [`EtcdTlsArgs`] (`--etcd-ca/-cert/-key/-user/-password`) is shared by both.
-#![warn(missing_docs)]
-#![deny(unsafe_op_in_unsafe_fn)]
 
 use std::path::{Path, PathBuf};
 

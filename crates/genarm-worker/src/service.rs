@@ -104,7 +104,7 @@ impl WorkerService {
         // Again after the forward, which may have taken long.
         self.touch(ids);
         tracing::debug!(forward_micros = resp.forward_micros, "step served");
-        crate::metrics::record_step(std::time::Duration::from_micros(resp.forward_micros), n_seqs, n_tokens);
+        crate::metrics::record_step(Duration::from_micros(resp.forward_micros), n_seqs, n_tokens);
         Ok(resp)
     }
 
@@ -292,7 +292,7 @@ mod tests {
     #[tokio::test]
     async fn the_sweep_releases_only_sequences_no_step_reached_for_the_timeout() {
         let assets = ModelAssets::open(&genarm_testkit::fixture_dir("llama-mha")).expect("the fixture");
-        let engine = genarm_model::Engine::load(&assets, EngineOptions::default()).expect("loading");
+        let engine = Engine::load(&assets, EngineOptions::default()).expect("loading");
         let service = WorkerService::new(InfoResponse::default(), WorkerRole::Base);
         assert_eq!(service.sweep_orphans(Duration::ZERO).await, 0, "no engine: nothing to sweep");
         assert!(service.set_engine(engine));
@@ -332,7 +332,7 @@ mod tests {
     #[tokio::test]
     async fn the_background_sweeper_runs_on_its_own() {
         let assets = ModelAssets::open(&genarm_testkit::fixture_dir("llama-mha")).expect("the fixture");
-        let engine = genarm_model::Engine::load(&assets, EngineOptions::default()).expect("loading");
+        let engine = Engine::load(&assets, EngineOptions::default()).expect("loading");
         let service = WorkerService::new(InfoResponse::default(), WorkerRole::Base);
         assert!(service.set_engine(engine));
         service.handle_step(step(9, 0, vec![5, 6])).await.unwrap();

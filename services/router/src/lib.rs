@@ -11,7 +11,6 @@
 //!
 //! and at the top: [`args`] (flags), [`telemetry`] (Prometheus metrics) and [`server`] (wiring it
 //! all together).
-#![warn(missing_docs)]
 
 pub mod api;
 pub mod args;

@@ -243,7 +243,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     let scheduler = scheduler
         .with_worker_labels(&crate::telemetry::worker_labels(&catalog))
-        .with_restart_grace(std::time::Duration::from_secs(args.worker_restart_grace_secs));
+        .with_restart_grace(Duration::from_secs(args.worker_restart_grace_secs));
     crate::telemetry::spawn_kv_poller(&catalog, workers.clone());
     let sched_task = tokio::spawn(scheduler.run());
     let health: Arc<dyn WorkerHealth> = workers.clone();
