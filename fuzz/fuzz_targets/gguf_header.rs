@@ -1,15 +1,6 @@
-//! Corrupt GGUF files through `genarm_model::gguf::read_header`: an error naming the file, never a
-//! panic or an allocation sized by the file's claims.
+//! The `gguf_header` cargo-fuzz target: see [`genarm_fuzz::targets::gguf_header`].
 #![no_main]
-
-use std::io::Write;
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let path = std::env::temp_dir().join(format!("genarm-fuzz-gguf-{}.gguf", std::process::id()));
-    let mut f = std::fs::File::create(&path).expect("temp file");
-    f.write_all(data).expect("write temp file");
-    drop(f);
-    let _ = genarm_model::gguf::read_header(&path);
-});
+fuzz_target!(|data: &[u8]| genarm_fuzz::targets::gguf_header::gguf_header(data));

@@ -1,4 +1,7 @@
-//! Shared helpers of the fuzz targets: the fixture tokenizer and a tiny byte reader.
+//! The fuzz targets ([`targets`]) and their shared helpers: the fixture tokenizer and a tiny byte
+//! reader.
+
+pub mod targets;
 
 use std::sync::{Arc, OnceLock};
 
