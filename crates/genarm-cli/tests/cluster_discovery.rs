@@ -41,8 +41,7 @@ fn workers_join_and_leave_through_etcd() {
     let _serial = serial();
     let etcd = EtcdServer::start().unwrap_or_else(|e| panic!("{e:#}"));
     let (router, url) = router(&etcd);
-    // No workers: not ready (and it stays up).
-    std::thread::sleep(Duration::from_millis(300));
+    // No workers: not ready, and it serves /ready meanwhile.
     assert_eq!(ready_status(&url), 503);
 
     let (base, _) = etcd_worker(&etcd, CLUSTER, &fixture(BASE), None);

@@ -89,8 +89,30 @@ fn failovers(cluster: &Cluster) -> f64 {
     counter(cluster, "genarm_failovers_total")
 }
 
-/// Starts a new rm-worker for "gqa" on replica `idx`'s address (its KV empty) and waits until
-/// the router has had time to see it ready again.
+/// How many times the router logged replica `url` back to ready (among its last log lines).
+fn times_back(cluster: &Cluster, url: &str) -> usize {
+    cluster
+        .router
+        .log_tail(400)
+        .lines()
+        .filter(|l| l.contains("worker is back: ready") && l.contains(url))
+        .count()
+}
+
+/// [`restart`]s replica `idx`, which the router saw fail, and waits until the router's monitor
+/// finds it ready again (its log says so).
+fn restart_and_wait_ready(cluster: &mut Cluster, idx: usize) {
+    let url = cluster.rm_grpc_urls("gqa")[idx].clone();
+    let before = times_back(cluster, &url);
+    restart(cluster, idx);
+    assert!(
+        poll_until(Duration::from_secs(30), || times_back(cluster, &url) > before),
+        "the router never found the restarted replica {url} ready\n{}",
+        cluster.log_tails()
+    );
+}
+
+/// Starts a new rm-worker for "gqa" on replica `idx`'s address (its KV empty).
 fn restart(cluster: &mut Cluster, idx: usize) {
     let url = cluster.rm_grpc_urls("gqa")[idx].clone();
     let addr = url.strip_prefix("http://").unwrap();
@@ -142,9 +164,8 @@ fn a_request_survives_losing_its_replica_with_identical_text() {
     });
     assert_eq!(got, want_greedy, "greedy text after a failover");
     assert!(failovers(&cluster) >= 1.0, "genarm_failovers_total should count the failover");
-    restart(&mut cluster, killed);
-    // Let the router re-probe the restarted replica (every 200 ms) before the next failover.
-    std::thread::sleep(Duration::from_millis(1500));
+    // The router re-probes the restarted replica (every 200 ms) before the next failover.
+    restart_and_wait_ready(&mut cluster, killed);
 
     // Seeded sampling: the sampler must not advance while the sequence is replayed.
     let before = failovers(&cluster);
@@ -155,8 +176,7 @@ fn a_request_survives_losing_its_replica_with_identical_text() {
     assert!(failovers(&cluster) > before, "genarm_failovers_total should count the second failover");
 
     // Restart with an empty KV on the same port, mid-request.
-    restart(&mut cluster, killed);
-    std::thread::sleep(Duration::from_millis(1500));
+    restart_and_wait_ready(&mut cluster, killed);
     let replays = |c: &Cluster| counter(c, "genarm_replays_total");
     let replays_before = replays(&cluster);
     let (got, _) = disturbed(&mut cluster, &greedy_body(), |c, idx| {
@@ -166,8 +186,7 @@ fn a_request_survives_losing_its_replica_with_identical_text() {
     assert_eq!(got, want_greedy, "greedy text after its replica restarted");
     assert!(replays(&cluster) > replays_before, "the sequence should have been replayed");
 
-    // Both replicas serve again, and nothing is left on any worker.
-    std::thread::sleep(Duration::from_millis(1500));
+    // The cluster serves again (on either replica), and nothing is left on any worker.
     assert_eq!(stream(&cluster, "/v1/completions", greedy_body()).text, want_greedy);
     for url in cluster.worker_grpc_urls() {
         assert!(

@@ -148,11 +148,15 @@ fn router_and_worker_metrics_match_the_requests_and_pass_promtool() {
     // Router: values match what was asked.
     let router_url = cluster.url("/metrics");
     // KV gauges come from a poller (every 2 s): wait until it saw the pool and the releases.
+    // The batch and queue gauges are set at the end of the step after a response's last token
+    // went out: poll until they settle too, never read them once.
     let mut router = Scrape::get(&router_url);
     assert!(
         poll_until(Duration::from_secs(15), || {
             router = Scrape::get(&router_url);
-            router.series.keys().any(|k| k.starts_with("genarm_kv_blocks_capacity{"))
+            router.series.get("genarm_batch_size") == Some(&0.0)
+                && router.series.get("genarm_queue_depth") == Some(&0.0)
+                && router.series.keys().any(|k| k.starts_with("genarm_kv_blocks_capacity{"))
                 && router
                     .series
                     .iter()
@@ -160,7 +164,7 @@ fn router_and_worker_metrics_match_the_requests_and_pass_promtool() {
                     .all(|(_, v)| *v == 0.0)
                 && router.series.iter().filter(|(k, _)| k.starts_with("genarm_kv_blocks_used{")).count() == 2
         }),
-        "no KV gauges for both workers, or KV still used\n{}",
+        "no KV gauges for both workers, KV still used, or the batch and queue gauges not back at 0\n{}",
         router.text
     );
     let r = &router;

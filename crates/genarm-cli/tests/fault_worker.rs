@@ -178,11 +178,13 @@ fn a_worker_paused_with_sigstop_is_waited_for_and_replayed() {
     let (s, head) = c.open_stream(true, 60, 3);
     c.arm.signal_group(libc::SIGSTOP);
     let paused = Instant::now();
-    // While it is stopped: the watchdog fires, the guided request waits; unguided ones are served.
-    std::thread::sleep(Duration::from_millis(1500));
+    // While it is stopped: the watchdog fires (the router marks it not ready), the guided request
+    // waits; unguided ones are served.
+    assert!(
+        poll_until(Duration::from_secs(20), || http::get(&c.url("/ready")).is_ok_and(|r| r.status == 503)),
+        "/ready should answer 503 while the rm-worker is stopped"
+    );
     assert_eq!(c.complete(false, 8), plain_want, "an unguided request while the rm-worker is stopped");
-    let r = http::get(&c.url("/ready")).unwrap();
-    assert_eq!(r.status, 503, "/ready while the rm-worker is stopped");
     std::thread::sleep(Duration::from_secs(3).saturating_sub(paused.elapsed()));
     c.arm.signal_group(libc::SIGCONT);
     let (tail, errors, done) = drain(s);

@@ -45,8 +45,10 @@ async fn register_watch_deregister_and_expire() {
     assert!(
         matches!(next(&mut m, Duration::from_secs(5)).await, MembershipEvent::Added { key, .. } if key.ends_with("/b"))
     );
-    // Keep-alive holds it past its TTL.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Keep-alive holds it past its TTL: no event for 3 s (a lapsed lease would remove it).
+    if let Ok(ev) = tokio::time::timeout(Duration::from_secs(3), m.next()).await {
+        panic!("the kept-alive registration changed within its TTL: {ev:?}");
+    }
     // Deregistration removes at once.
     b.deregister().await;
     assert!(

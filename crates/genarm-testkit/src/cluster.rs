@@ -63,7 +63,40 @@ pub fn bin_path(name: &str) -> Result<PathBuf> {
             path.display()
         );
     }
+    if let Some(changed) = changed_since_built(&path, &dir.join(format!("{name}.d"))) {
+        bail!(
+            "{name} at {} is older than its source {}, changed after the build: the test would run \
+             stale code; run `cargo build --workspace --bins` first",
+            path.display(),
+            changed.display()
+        );
+    }
     Ok(path)
+}
+
+/// A source file of the binary at `bin` modified after the binary was built, if any, from the
+/// dependency list cargo writes next to it (`<name>.d`: `bin: src1 src2 ...`, spaces in paths
+/// escaped). Without that file (a prebuilt bundle) nothing can be checked.
+fn changed_since_built(bin: &Path, dep_info: &Path) -> Option<PathBuf> {
+    let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok()?;
+    let text = std::fs::read_to_string(dep_info).ok()?;
+    let (_, deps) = text.lines().next()?.split_once(": ")?;
+    let mut paths = Vec::new();
+    let mut current = String::new();
+    let mut chars = deps.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => current.extend(chars.next()),
+            ' ' => paths.push(std::mem::take(&mut current)),
+            c => current.push(c),
+        }
+    }
+    paths.push(current);
+    paths
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .find(|p| std::fs::metadata(p).and_then(|m| m.modified()).is_ok_and(|modified| modified > built))
 }
 
 /// Output lines of a child, newest last, at most [`LOG_LINES`].
@@ -531,5 +564,43 @@ impl Cluster {
         }
         out.push_str(&self.base.log_tail(FAILURE_LINES));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_binary_older_than_a_source_it_was_built_from_is_found_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("my src.rs");
+        let other = dir.path().join("lib.rs");
+        let bin = dir.path().join("svc");
+        std::fs::write(&src, "fn main() {}").unwrap();
+        std::fs::write(&other, "").unwrap();
+        std::fs::write(&bin, "binary").unwrap();
+        let dep_info = dir.path().join("svc.d");
+        let escaped = src.display().to_string().replace(' ', "\\ ");
+        std::fs::write(&dep_info, format!("{}: {} {}\n", bin.display(), other.display(), escaped)).unwrap();
+        let at = |secs: u64| std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let touch = |p: &Path, secs: u64| {
+            std::fs::File::options().write(true).open(p).unwrap().set_modified(at(secs)).unwrap()
+        };
+        touch(&src, 1_000);
+        touch(&other, 1_000);
+        touch(&bin, 2_000);
+        assert_eq!(changed_since_built(&bin, &dep_info), None, "built after its sources");
+        touch(&src, 3_000);
+        assert_eq!(
+            changed_since_built(&bin, &dep_info),
+            Some(src.clone()),
+            "a source changed after the build"
+        );
+        assert_eq!(
+            changed_since_built(&bin, &dir.path().join("missing.d")),
+            None,
+            "no dep-info: nothing to check"
+        );
     }
 }

@@ -296,7 +296,9 @@ mod tests {
         let service = WorkerService::new(InfoResponse::default(), WorkerRole::Base);
         assert_eq!(service.sweep_orphans(Duration::ZERO).await, 0, "no engine: nothing to sweep");
         assert!(service.set_engine(engine));
-        let timeout = Duration::from_millis(800);
+        // Margins of a second on either side of the timeout, so that a loaded machine's stalls
+        // cannot move a sequence across it.
+        let timeout = Duration::from_millis(2000);
 
         // Sequences 1, 2, 3 prefill; 3 is released by its router; 2 keeps being stepped.
         for id in [1, 2, 3] {
@@ -308,10 +310,10 @@ mod tests {
         assert!(used > 0);
         assert_eq!(service.sweep_orphans(timeout).await, 0, "nothing is idle yet");
 
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         service.handle_step(step(2, 3, vec![8])).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(450)).await;
-        // 1 was idle ≥ 950 ms, 2 only ~450 ms.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        // 1 was idle ≥ 2.5 s, 2 only ~1 s.
         assert_eq!(service.sweep_orphans(timeout).await, 1);
         assert_eq!(sequences(&service).await.0, 1, "sequence 2 was stepped within the timeout");
         assert_eq!(sequences(&service).await.2, 1);

@@ -422,8 +422,11 @@ fn bad_flags_and_models_exit_with_a_clear_error() -> Result<()> {
         let mut p = ChildProcess::spawn(bin, command)?;
         let status = p.wait_exit(deadline())?;
         assert!(!status.success(), "{bin} {args:?} should fail");
-        // Let the readers drain the pipes.
-        std::thread::sleep(Duration::from_millis(100));
+        // The readers drain the pipes after the exit: wait for the line.
+        let drained = Instant::now() + Duration::from_secs(10);
+        while !p.log_tail(20).contains(expect) && Instant::now() < drained {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let log = p.log_tail(20);
         assert!(log.contains(expect), "{bin} {args:?}: output should mention {expect:?}:\n{log}");
         assert!(!p.stdout_lines().iter().any(|l| l.starts_with("GENARM_LISTENING")), "{log}");
