@@ -41,6 +41,9 @@ pub enum BenchError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A model file named for the provenance could not be hashed.
+    #[error("provenance: {0}")]
+    Provenance(String),
     /// A plot could not be drawn.
     #[error("drawing {file}")]
     Plot {

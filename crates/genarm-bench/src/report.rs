@@ -13,6 +13,7 @@ use crate::client::RequestRecord;
 use crate::run::{Amount, BenchConfig};
 use crate::stats::Summary;
 use crate::BenchError;
+use genarm_demo::provenance::Provenance;
 
 /// Distinct error messages kept per run.
 const ERROR_MESSAGES: usize = 5;
@@ -220,8 +221,8 @@ pub struct BenchReport {
     pub tool: String,
     /// genarm's version.
     pub version: String,
-    /// The exact command line.
-    pub command: Vec<String>,
+    /// The command line, the genarm commit and the hashes of the model files named.
+    pub provenance: Provenance,
     /// Start time, Unix seconds.
     pub started_unix: u64,
     /// The `model` sent.
@@ -271,7 +272,8 @@ pub fn markdown(report: &BenchReport) -> String {
     let mut s = String::new();
     let c = &report.config;
     let _ = writeln!(s, "# genarm bench\n");
-    let _ = writeln!(s, "```sh\n{}\n```\n", shell_line(&report.command));
+    let _ = writeln!(s, "```sh\n{}\n```\n", shell_line(&report.provenance.command));
+    let _ = writeln!(s, "Provenance: {}\n", report.provenance.summary());
     let amount = match (c.requests, c.duration_s) {
         (Some(n), _) => format!("{n} requests per run"),
         (_, Some(d)) => format!("{d} s per run"),
@@ -561,7 +563,21 @@ mod tests {
         let report = BenchReport {
             tool: "genarm bench".into(),
             version: "0".into(),
-            command: vec!["genarm".into(), "bench".into(), "--prompts".into(), "my file.txt".into()],
+            provenance: Provenance {
+                command: vec!["genarm".into(), "bench".into(), "--prompts".into(), "my file.txt".into()],
+                git: genarm_demo::provenance::GitState {
+                    dir: "/src".into(),
+                    commit: None,
+                    dirty: None,
+                    note: Some("not in a git checkout".into()),
+                },
+                files: vec![genarm_demo::provenance::FileHash {
+                    role: "base".into(),
+                    path: "/m/base.gguf".into(),
+                    bytes: 3,
+                    sha256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".into(),
+                }],
+            },
             started_unix: 0,
             model: "m".into(),
             config: ConfigEcho {
@@ -588,6 +604,10 @@ mod tests {
         }
         let md = std::fs::read_to_string(dir.path().join("bench.md")).unwrap();
         assert!(md.contains("'my file.txt'"), "{md}");
+        assert!(
+            md.contains("commit unknown (not in a git checkout)") && md.contains("sha256 `ba7816bf8f01`"),
+            "{md}"
+        );
         assert!(md.contains("| 4 | guided |") && md.contains("| 0.70 |"), "{md}");
         assert!(md.contains("guided c=4 / c=1: 4.00×"), "{md}");
         let back: BenchReport =

@@ -12,6 +12,7 @@ use crate::accounting::{scrape, StepAccounting};
 use crate::client::{stream_chat, RequestRecord, Target};
 use crate::report::{BenchReport, ConfigEcho, RunReport};
 use crate::BenchError;
+use genarm_demo::provenance::{source_dir, Provenance};
 
 /// How much each run measures.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -54,8 +55,11 @@ pub struct BenchConfig {
     pub api_key: Option<String>,
     /// Deadline of one request.
     pub request_timeout: Duration,
-    /// The exact command line (for the report).
+    /// The exact command line (for the report's provenance).
     pub command: Vec<String>,
+    /// Model files and adapters the router serves, `(name, path)`, hashed into the report's
+    /// provenance.
+    pub model_files: Vec<(String, PathBuf)>,
     /// Draw progress bars (on a terminal).
     pub progress: bool,
     /// The output directory (for the report).
@@ -244,6 +248,9 @@ fn check(cfg: &BenchConfig) -> Result<(), BenchError> {
 /// Runs every (concurrency, mode) pair and returns the report (nothing is written).
 pub async fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
     check(cfg)?;
+    // Hash the model files first: a bad path fails before the load does.
+    let provenance = Provenance::collect(cfg.command.clone(), &source_dir(), &cfg.model_files)
+        .map_err(|e| BenchError::Provenance(format!("{e:#}")))?;
     let target = Target { url: cfg.url.trim_end_matches('/').to_string(), api_key: cfg.api_key.clone() };
     let client = reqwest::Client::builder()
         .timeout(cfg.request_timeout)
@@ -317,7 +324,7 @@ pub async fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
     Ok(BenchReport {
         tool: "genarm bench".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        command: cfg.command.clone(),
+        provenance,
         started_unix,
         model,
         config: ConfigEcho::of(cfg),

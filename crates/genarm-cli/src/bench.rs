@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use genarm_bench::{parse_guidance, report, run_bench, Amount, BenchConfig};
+use genarm_demo::provenance::parse_model_file;
 
 /// `genarm bench` arguments.
 #[derive(Debug, Args)]
@@ -65,6 +66,16 @@ pub struct BenchArgs {
     /// Deadline of one request in seconds; a request past it counts as an error.
     #[arg(long, env = "GENARM_BENCH_REQUEST_TIMEOUT_SECS", default_value_t = 600)]
     pub request_timeout_secs: u64,
+    /// A model file or adapter the router serves, NAME=PATH (or PATH): hashed (SHA-256; every
+    /// file of a directory) into the report's provenance next to the genarm commit and the
+    /// command line. Repeat for each model; the router does not say which files it loaded.
+    #[arg(
+        long = "model-file",
+        value_name = "NAME=PATH",
+        env = "GENARM_BENCH_MODEL_FILES",
+        value_delimiter = ';'
+    )]
+    pub model_files: Vec<String>,
     /// Output directory: bench.json (config, command line, every run and request), bench.md
     /// (tables), throughput.png (output tokens/s vs concurrency) and latency.png (ITL p50/p95).
     #[arg(long, env = "GENARM_BENCH_OUT")]
@@ -74,6 +85,8 @@ pub struct BenchArgs {
 /// Runs `genarm bench`. Fails (after writing the report) when any request failed.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let prompts = genarm_demo::prompts::read_prompt_file(&args.prompts)?;
+    let model_files =
+        args.model_files.iter().map(|m| parse_model_file(m)).collect::<anyhow::Result<Vec<_>>>()?;
     let guidance = match &args.guidance {
         Some(g) => parse_guidance(g)?,
         None => Default::default(),
@@ -106,6 +119,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         api_key: args.api_key,
         request_timeout: Duration::from_secs(args.request_timeout_secs.max(1)),
         command: std::env::args().collect(),
+        model_files,
         progress: std::io::stderr().is_terminal(),
         out: args.out.clone(),
     };

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use genarm_demo::provenance::parse_model_file;
 use genarm_eval::grid::Axis;
 use genarm_eval::{evaluate, EvalConfig};
 
@@ -60,6 +61,16 @@ pub struct EvalArgs {
     /// log-prob per token under it, computed in this process on the CPU. Omitted: lengths only.
     #[arg(long, env = "GENARM_EVAL_BASE_MODEL")]
     pub base_model: Option<PathBuf>,
+    /// A model file or adapter the router serves, NAME=PATH (or PATH): hashed (SHA-256; every
+    /// file of a directory) into the report's provenance next to the genarm commit and the
+    /// command line. Repeat for each model; the router does not say which files it loaded.
+    #[arg(
+        long = "model-file",
+        value_name = "NAME=PATH",
+        env = "GENARM_EVAL_MODEL_FILES",
+        value_delimiter = ';'
+    )]
+    pub model_files: Vec<String>,
     /// Output directory: eval.json (every output and the table), eval.md, and
     /// score_vs_weight_<OBJECTIVE>.png (one-ARM grid) or pareto.png (two-ARM grid).
     #[arg(long, env = "GENARM_EVAL_OUT")]
@@ -69,6 +80,8 @@ pub struct EvalArgs {
 /// Runs `genarm eval`. Fails (after writing the report) when any request failed twice.
 pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
     let grid = args.grid.iter().map(|g| g.parse::<Axis>()).collect::<Result<Vec<_>, _>>()?;
+    let model_files =
+        args.model_files.iter().map(|m| parse_model_file(m)).collect::<anyhow::Result<Vec<_>>>()?;
     let cfg = EvalConfig {
         url: args.url,
         prompts: args.prompts,
@@ -85,6 +98,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
         base_model: args.base_model,
         out: args.out.clone(),
         command: std::env::args().collect(),
+        model_files,
     };
     let (report, files) = evaluate(&cfg).await.context("genarm eval")?;
     println!("{}", genarm_eval::report::markdown_table(&report));

@@ -60,6 +60,7 @@ fn bench_reports_consistent_runs_for_unguided_and_guided_load() {
         .args(["--concurrency", "1,2", "--max-tokens", &max_tokens.to_string()])
         .args(["--guidance", "small=1", "--compare-unguided"])
         .args(["--requests", &requests.to_string(), "--warmup", "1", "--seed", "5"])
+        .arg(format!("--model-file=small={}", arm.path.display()))
         .arg("--out")
         .arg(&out);
     let mut bench = ChildProcess::spawn("genarm bench", command).unwrap();
@@ -75,7 +76,19 @@ fn bench_reports_consistent_runs_for_unguided_and_guided_load() {
 
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("bench.json")).unwrap()).unwrap();
-    assert!(report["command"].as_array().unwrap().iter().any(|a| a == "bench"), "{}", report["command"]);
+    let provenance = &report["provenance"];
+    assert!(provenance["command"].as_array().unwrap().iter().any(|a| a == "bench"), "{provenance}");
+    let git = &provenance["git"];
+    assert!(git["commit"].as_str().is_some_and(|c| c.len() == 40) || git["note"].is_string(), "{git}");
+    // --model-file: every file of the ARM's directory, hashed.
+    let files = provenance["files"].as_array().unwrap();
+    let config = arm.path.join("config.json");
+    let entry = files
+        .iter()
+        .find(|f| f["path"] == config.display().to_string().as_str())
+        .unwrap_or_else(|| panic!("{files:?}"));
+    assert_eq!(entry["role"], "small");
+    assert_eq!(entry["sha256"], genarm_demo::digest::sha256_file(&config).unwrap().as_str());
     let runs = report["runs"].as_array().unwrap();
     let plan: Vec<(u64, &str)> =
         runs.iter().map(|r| (r["concurrency"].as_u64().unwrap(), r["mode"].as_str().unwrap())).collect();

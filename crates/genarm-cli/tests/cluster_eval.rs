@@ -131,10 +131,20 @@ fn eval_runs_a_one_arm_grid_with_a_control_and_a_two_arm_grid() {
         assert_eq!(row["n_failed"], 0, "{label}");
     }
     assert_eq!(report["failures"], 0);
+    let provenance = &report["provenance"];
     let cmd: Vec<&str> =
-        report["run"]["command"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        provenance["command"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
     assert_eq!(cmd[1], "eval");
     assert!(cmd.contains(&"arm=0,1") && cmd.contains(&"--control"), "{cmd:?}");
+    // The genarm checkout (or why it is unknown) and every file of --base-model, hashed.
+    let git = &provenance["git"];
+    assert!(git["commit"].as_str().is_some_and(|c| c.len() == 40) || git["note"].is_string(), "{git}");
+    let files = provenance["files"].as_array().unwrap();
+    let config = base_dir.join("config.json").display().to_string();
+    let entry = files.iter().find(|f| f["path"] == config.as_str()).unwrap_or_else(|| panic!("{files:?}"));
+    assert_eq!(entry["role"], "base-model");
+    let want = genarm_demo::digest::sha256_file(&base_dir.join("config.json")).unwrap();
+    assert_eq!(entry["sha256"], want.as_str());
     let outputs = report["outputs"].as_array().unwrap();
     assert_eq!(outputs.len(), 3 * 3 * 2);
 

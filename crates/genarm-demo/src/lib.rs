@@ -6,5 +6,6 @@ pub mod digest;
 pub mod fetch;
 pub mod pairs;
 pub mod prompts;
+pub mod provenance;
 pub mod scorers;
 pub mod smollm2;

@@ -11,6 +11,7 @@ use crate::grid::{expand, Axis};
 use crate::report::{aggregate, write, Objective, Report, RunInfo};
 use crate::EvalError;
 use genarm_demo::prompts::read_prompt_file;
+use genarm_demo::provenance::{source_dir, Provenance};
 
 /// What `genarm eval` was asked to do.
 #[derive(Debug, Clone)]
@@ -43,8 +44,11 @@ pub struct EvalConfig {
     pub base_model: Option<PathBuf>,
     /// Output directory.
     pub out: PathBuf,
-    /// The command line, recorded in the report.
+    /// The command line, recorded in the report's provenance.
     pub command: Vec<String>,
+    /// Model files and adapters the router serves, `(name, path)`, hashed into the report's
+    /// provenance (with `base_model`, which is added as `base-model`).
+    pub model_files: Vec<(String, PathBuf)>,
 }
 
 /// Runs the evaluation and writes the report; returns it with the files written. Failed
@@ -78,11 +82,15 @@ pub async fn evaluate(cfg: &EvalConfig) -> Result<(Report, Vec<PathBuf>), EvalEr
             }
         }
     }
-    // Load the base first: a bad path fails before an hour of generation.
+    // Load the base and hash the model files first: a bad path fails before an hour of generation.
     let base = match &cfg.base_model {
         Some(p) => Some(BaseLogprob::open(p)?),
         None => None,
     };
+    let mut hashed = cfg.model_files.clone();
+    hashed.extend(cfg.base_model.iter().map(|p| ("base-model".to_string(), p.clone())));
+    let provenance = Provenance::collect(cfg.command.clone(), &source_dir(), &hashed)
+        .map_err(|e| EvalError::Provenance(format!("{e:#}")))?;
     let opts = GenOptions {
         url: url.clone(),
         model: cfg.model.clone().unwrap_or(served),
@@ -116,8 +124,8 @@ pub async fn evaluate(cfg: &EvalConfig) -> Result<(Report, Vec<PathBuf>), EvalEr
     let rows = aggregate(&combos, &objectives, &samples);
     let failures = samples.iter().filter(|s| s.error.is_some()).count();
     let report = Report {
+        provenance,
         run: RunInfo {
-            command: cfg.command.clone(),
             url,
             model: opts.model.clone(),
             grid: cfg.grid.clone(),

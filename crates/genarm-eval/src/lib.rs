@@ -55,6 +55,9 @@ pub enum EvalError {
         #[source]
         source: std::io::Error,
     },
+    /// A model file named for the provenance could not be hashed.
+    #[error("provenance: {0}")]
+    Provenance(String),
     /// A plot could not be drawn.
     #[error(transparent)]
     Plot(#[from] genarm_plot::PlotError),

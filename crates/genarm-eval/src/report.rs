@@ -10,6 +10,7 @@ use crate::generate::Sample;
 use crate::grid::{Axis, Combo, ComboKind};
 use crate::stats::{mean_ci, win_rate, Estimate};
 use crate::EvalError;
+use genarm_demo::provenance::Provenance;
 
 /// One objective: a scorer of the demo.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -54,8 +55,6 @@ pub struct Row {
 /// How the evaluation was run.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunInfo {
-    /// The exact command line.
-    pub command: Vec<String>,
     /// The router's URL.
     pub url: String,
     /// The served base model's name.
@@ -83,6 +82,8 @@ pub struct RunInfo {
 /// Everything `eval.json` holds.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Report {
+    /// The command line, the genarm commit and the hashes of the model files named.
+    pub provenance: Provenance,
     /// How it was run.
     pub run: RunInfo,
     /// The objectives scored.
@@ -176,7 +177,8 @@ pub fn markdown(report: &Report) -> String {
     let mut s = String::new();
     let r = &report.run;
     let _ = writeln!(s, "# genarm eval\n");
-    let _ = writeln!(s, "```\n{}\n```\n", shell_join(&r.command));
+    let _ = writeln!(s, "```\n{}\n```\n", shell_join(&report.provenance.command));
+    let _ = writeln!(s, "Provenance: {}\n", report.provenance.summary());
     let _ = writeln!(
         s,
         "Model `{}` at {}; {} prompts × {} samples (seeds {}..{}), max_tokens {}, temperature {}{}.",
@@ -459,8 +461,17 @@ mod tests {
         assert_eq!(rows[0].objectives[0].mean.value, 2.0);
         assert_eq!(rows[0].mean_tokens, Some(4.0));
         let report = Report {
-            run: RunInfo {
+            provenance: Provenance {
                 command: vec!["genarm".into(), "eval".into(), "--grid".into(), "a=1".into()],
+                git: genarm_demo::provenance::GitState {
+                    dir: "/src".into(),
+                    commit: Some("0123abcd".into()),
+                    dirty: Some(true),
+                    note: None,
+                },
+                files: vec![],
+            },
+            run: RunInfo {
                 url: "http://x".into(),
                 model: "m".into(),
                 grid: vec!["a=1".parse().unwrap()],
@@ -482,6 +493,10 @@ mod tests {
         let md = markdown(&report);
         assert!(md.contains("| a=1 | ARM | 2 (1 failed) | 3.500 [") && md.contains("| 0.750 ["), "{md}");
         assert!(md.contains("1 requests failed") && md.contains("HTTP 503"), "{md}");
+        assert!(
+            md.contains("genarm eval --grid a=1") && md.contains("commit `0123abcd` (tree dirty)"),
+            "{md}"
+        );
     }
 
     #[test]
