@@ -1,5 +1,6 @@
 //! An incremental server-sent-events parser (the parts of the WHATWG event-stream format an
-//! OpenAI stream uses): bytes arrive in arbitrary pieces, complete events come out.
+//! OpenAI stream uses): bytes arrive in arbitrary pieces, complete events come out. The one SSE
+//! parser outside the router: `genarm bench` and the tests (genarm-testkit's `EventStream`) use it.
 //!
 //! Lines end with `\n`, `\r\n` or `\r`; a blank line dispatches the event; `data:` lines are
 //! joined with `\n` (one optional space after the colon is dropped); comment lines (`:`) and the

@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write as _};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -23,29 +21,17 @@ fn post_with(cluster: &Cluster, auth: &str, body: &[u8]) -> Response {
     http::request("POST", &cluster.url("/v1/completions"), &headers, body).unwrap()
 }
 
-/// A streamed completion sent with an `Authorization` header over a raw connection, read until
-/// its first data event (so the request is running); the connection is returned open.
-fn open_keyed_stream(cluster: &Cluster, auth: &str, body: &Value) -> BufReader<TcpStream> {
-    let body = body.to_string();
-    let mut conn = TcpStream::connect(cluster.router_addr()).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(
-        conn,
-        "POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nAuthorization: \
-         {auth}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut reader = BufReader::new(conn);
-    let mut status = String::new();
-    reader.read_line(&mut status).unwrap();
-    assert!(status.contains(" 200 "), "the keyed stream was refused: {status}");
-    let mut line = String::new();
+/// A streamed completion sent with an `Authorization` header, read until its first data event
+/// (so the request is running); the stream is returned open.
+fn open_keyed_stream(cluster: &Cluster, auth: &str, body: &Value) -> EventStream {
+    let mut s =
+        EventStream::post_json_with(&cluster.url("/v1/completions"), &[("Authorization", auth)], body)
+            .unwrap_or_else(|e| panic!("the keyed stream: {e:#}"));
+    assert_eq!(s.status, 200, "the keyed stream was refused");
     loop {
-        line.clear();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended before its first event");
-        if line.contains("data: {") {
-            return reader;
+        let data = s.next_data().unwrap().expect("the stream ended before its first event");
+        if data.starts_with('{') {
+            return s;
         }
     }
 }
@@ -155,17 +141,19 @@ fn request_limits_answer_400_413_and_429_naming_the_limit() {
     assert!(retry >= 1, "Retry-After {retry}");
     // SAFETY: as above.
     unsafe { libc::kill(-base_pid, libc::SIGCONT) };
-    // Read to the last event (the connection stays open: HTTP/1.1 keep-alive).
-    let mut rest = String::new();
-    let mut line = String::new();
-    while !rest.contains("data: [DONE]") {
-        line.clear();
-        if held.read_line(&mut line).unwrap_or(0) == 0 {
+    // Read to the last event.
+    let mut rest = Vec::new();
+    while let Some(data) = held.next_data().unwrap_or(None) {
+        let done = data == "[DONE]";
+        rest.push(data);
+        if done {
             break;
         }
-        rest.push_str(&line);
     }
-    assert!(rest.contains("data: [DONE]") && !rest.contains("\"error\""), "the held stream: {rest}");
+    assert!(
+        rest.last().is_some_and(|d| d == "[DONE]") && !rest.iter().any(|d| d.contains("\"error\"")),
+        "the held stream: {rest:?}"
+    );
     drop(held);
 
     // Token rate: 60 tokens per minute; the 300-token stream was admitted on the full bucket

@@ -1,13 +1,15 @@
 //! A small blocking HTTP/1.1 client over `std::net::TcpStream` for tests: one connection per
 //! request (`Connection: close`), raw byte bodies (so tests can send malformed ones), chunked
-//! and content-length responses, and incremental server-sent events. Every read and write has
-//! a timeout.
+//! and content-length responses, and incremental server-sent events (parsed by
+//! `genarm_bench::sse`). Every read and write has a timeout.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use genarm_bench::sse::SseParser;
 
 /// Read/write timeout of every request made here.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
@@ -204,51 +206,67 @@ pub fn post_json(url: &str, body: &serde_json::Value) -> Result<Response> {
     request("POST", url, &[("Content-Type", "application/json")], body.to_string().as_bytes())
 }
 
-/// A response being read as server-sent events.
+/// A response being read as server-sent events, parsed by genarm-bench's
+/// [`SseParser`] (the one event-stream parser of the tooling and the tests).
 pub struct EventStream {
     /// Status code.
     pub status: u16,
     /// Headers, names lower-cased.
     pub headers: Vec<(String, String)>,
-    body: BufReader<Body>,
+    body: Body,
+    parser: SseParser,
+    /// Events parsed but not yet returned.
+    pending: VecDeque<String>,
+    /// The body ended.
+    ended: bool,
 }
 
 impl EventStream {
     /// `POST url` with a JSON body, returning once the response head arrived.
     pub fn post_json(url: &str, body: &serde_json::Value) -> Result<EventStream> {
-        let (status, headers, reader) =
-            send("POST", url, &[("Content-Type", "application/json")], body.to_string().as_bytes())?;
-        let body = BufReader::new(Body::new(reader, &headers));
-        Ok(EventStream { status, headers, body })
+        EventStream::post_json_with(url, &[], body)
+    }
+
+    /// `POST url` with a JSON body and extra `headers` (e.g. `Authorization`), returning once
+    /// the response head arrived.
+    pub fn post_json_with(
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &serde_json::Value,
+    ) -> Result<EventStream> {
+        let mut all = vec![("Content-Type", "application/json")];
+        all.extend_from_slice(headers);
+        let (status, headers, reader) = send("POST", url, &all, body.to_string().as_bytes())?;
+        let body = Body::new(reader, &headers);
+        Ok(EventStream {
+            status,
+            headers,
+            body,
+            parser: SseParser::new(),
+            pending: VecDeque::new(),
+            ended: false,
+        })
     }
 
     /// The next event's `data` (multi-line data joined by `\n`); `None` at the end of the body.
-    /// Comments and other fields are skipped.
+    /// Comments and other fields are skipped; an event the body ends inside of is dropped.
     pub fn next_data(&mut self) -> Result<Option<String>> {
-        let mut data: Option<String> = None;
-        let mut line = String::new();
+        let mut buf = [0u8; 4096];
         loop {
-            line.clear();
-            if self.body.read_line(&mut line).context("reading the event stream")? == 0 {
-                return Ok(data);
+            if let Some(data) = self.pending.pop_front() {
+                return Ok(Some(data));
             }
-            let l = line.trim_end_matches(['\r', '\n']);
-            if l.is_empty() {
-                if data.is_some() {
-                    return Ok(data);
-                }
+            if self.ended {
+                return Ok(None);
+            }
+            let n = self.body.read(&mut buf).context("reading the event stream")?;
+            if n == 0 {
+                self.ended = true;
                 continue;
             }
-            if let Some(value) = l.strip_prefix("data:") {
-                let value = value.strip_prefix(' ').unwrap_or(value);
-                match &mut data {
-                    Some(d) => {
-                        d.push('\n');
-                        d.push_str(value);
-                    }
-                    None => data = Some(value.to_string()),
-                }
-            }
+            let mut events = Vec::new();
+            self.parser.push(&buf[..n], &mut events);
+            self.pending.extend(events);
         }
     }
 
