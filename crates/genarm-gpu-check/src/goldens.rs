@@ -1,76 +1,19 @@
 //! The committed transformers goldens (crates/genarm-model/tests/goldens/, copied into the bundle's
 //! data/goldens/) and the comparison of an engine's logits against them.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use genarm_model::{Engine, EngineOptions, ModelAssets, StepSeq};
-use serde::Deserialize;
 
 use crate::report::{LogitsCheck, Status};
 
-/// One golden: the prompts' token ids and transformers' f32 logits at every position.
-pub struct Golden {
-    /// Name (also the file stem).
-    pub name: String,
-    /// Vocabulary size (columns of every logits matrix).
-    pub vocab_size: usize,
-    /// Token ids per prompt.
-    pub ids: Vec<Vec<u32>>,
-    /// Logits `[len * vocab]` per prompt, row-major.
-    pub logits: Vec<Vec<f32>>,
-}
+pub use genarm_model::golden::Golden;
 
-#[derive(Deserialize)]
-struct Meta {
-    name: String,
-    vocab_size: usize,
-    logits: String,
-    prompts: Vec<MetaPrompt>,
-}
-
-#[derive(Deserialize)]
-struct MetaPrompt {
-    ids: Vec<u32>,
-}
-
-/// Reads `dir/<name>.json` and the logits file it names.
+/// Reads `dir/<name>.json` and the logits file it names ([`genarm_model::golden::load`]).
 pub fn load(dir: &Path, name: &str) -> Result<Golden> {
-    let json_path = dir.join(format!("{name}.json"));
-    let text =
-        std::fs::read_to_string(&json_path).with_context(|| format!("reading {}", json_path.display()))?;
-    let meta: Meta =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", json_path.display()))?;
-    ensure!(meta.name == name, "{}: name is {:?}, expected {name:?}", json_path.display(), meta.name);
-    ensure!(!meta.prompts.is_empty(), "{}: no prompts", json_path.display());
-    let st_path: PathBuf = dir.join(&meta.logits);
-    let bytes = std::fs::read(&st_path).with_context(|| format!("reading {}", st_path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("parsing {}", st_path.display()))?;
-    let mut logits = Vec::with_capacity(meta.prompts.len());
-    for (i, p) in meta.prompts.iter().enumerate() {
-        let key = format!("logits.{i}");
-        let view = st.tensor(&key).with_context(|| format!("{}: tensor {key}", st_path.display()))?;
-        ensure!(
-            view.dtype() == safetensors::Dtype::F32 && view.shape() == [p.ids.len(), meta.vocab_size],
-            "{}: {key} is {:?} {:?}, expected F32 [{}, {}]",
-            st_path.display(),
-            view.dtype(),
-            view.shape(),
-            p.ids.len(),
-            meta.vocab_size
-        );
-        logits.push(
-            view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        );
-    }
-    Ok(Golden {
-        name: meta.name,
-        vocab_size: meta.vocab_size,
-        ids: meta.prompts.into_iter().map(|p| p.ids).collect(),
-        logits,
-    })
+    Ok(genarm_model::golden::load(dir, name)?)
 }
 
 /// Running error statistics of ours against a golden.
@@ -157,7 +100,7 @@ pub fn check(
         rel_max: None,
         max_abs: None,
         argmax_agree: None,
-        prompts: golden.ids.len(),
+        prompts: golden.prompts.len(),
         values: 0,
         seconds: 0.0,
         note: None,
@@ -193,7 +136,8 @@ fn compare(golden: &Golden, assets: &ModelAssets, options: EngineOptions) -> Res
     let vocab = golden.vocab_size;
     let mut deltas = Deltas::default();
     let mut agree = 0;
-    for (i, (ids, want)) in golden.ids.iter().zip(&golden.logits).enumerate() {
+    for (i, (prompt, want)) in golden.prompts.iter().zip(&golden.logits).enumerate() {
+        let ids = &prompt.ids;
         let len = ids.len();
         let got = engine.forward_full(ids).map_err(|e| anyhow!("prompt {i}: forward_full: {e}"))?;
         ensure!(

@@ -10,6 +10,7 @@ pub mod error;
 pub mod export;
 pub mod gguf;
 pub mod gguf_tokenizer;
+pub mod golden;
 pub mod hf_dir;
 pub mod kv_cache;
 pub mod layers;

@@ -8,11 +8,11 @@
 //! the logits, and that the cached path (`Engine::step`, the prompt fed in two chunks) gives the
 //! golden's last row.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use genarm_model::golden::{self, Golden};
 use genarm_model::{Engine, EngineOptions, ModelAssets, StepSeq};
-use serde::Deserialize;
 use sha2::Digest;
 
 /// Max |Δ logit| allowed for the f32 fixtures (full forward and cached path).
@@ -20,76 +20,8 @@ const FIXTURE_TOL: f32 = 1e-4;
 /// Max |Δ logit| allowed for the SmolLM2 GGUF (full forward and cached path).
 const SMOLLM2_TOL: f32 = 2e-3;
 
-#[derive(Debug, Deserialize)]
-struct Golden {
-    name: String,
-    source: GoldenSource,
-    versions: serde_json::Value,
-    vocab_size: usize,
-    logits: String,
-    prompts: Vec<GoldenPrompt>,
-}
-
-/// Where a golden came from; for fixtures, the SHA-256 of the files it was computed from.
-#[derive(Debug, Deserialize)]
-struct GoldenSource {
-    #[serde(default)]
-    sha256: serde_json::Value,
-}
-
-#[derive(Debug, Deserialize)]
-struct GoldenPrompt {
-    text: String,
-    ids: Vec<u32>,
-}
-
-/// One golden: its metadata and per prompt the logits `[len * vocab]`, row-major.
-struct LoadedGolden {
-    meta: Golden,
-    logits: Vec<Vec<f32>>,
-}
-
-fn goldens_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("goldens")
-}
-
-fn load_golden(name: &str) -> Result<LoadedGolden> {
-    let dir = goldens_dir();
-    let json_path = dir.join(format!("{name}.json"));
-    let text = std::fs::read_to_string(&json_path).with_context(|| {
-        format!("reading {} (regenerate with scripts/make-goldens.sh)", json_path.display())
-    })?;
-    let meta: Golden =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", json_path.display()))?;
-    ensure!(meta.name == name, "{}: name is {:?}, expected {name:?}", json_path.display(), meta.name);
-    ensure!(!meta.prompts.is_empty(), "{}: no prompts", json_path.display());
-    let st_path = dir.join(&meta.logits);
-    let bytes = std::fs::read(&st_path).with_context(|| format!("reading {}", st_path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("parsing {}", st_path.display()))?;
-    let mut logits = Vec::new();
-    for (i, p) in meta.prompts.iter().enumerate() {
-        let key = format!("logits.{i}");
-        let view = st.tensor(&key).with_context(|| format!("{}: tensor {key}", st_path.display()))?;
-        ensure!(
-            view.dtype() == safetensors::Dtype::F32,
-            "{}: {key} is {:?}, expected F32",
-            st_path.display(),
-            view.dtype()
-        );
-        ensure!(
-            view.shape() == [p.ids.len(), meta.vocab_size],
-            "{}: {key} has shape {:?}, expected [{}, {}]",
-            st_path.display(),
-            view.shape(),
-            p.ids.len(),
-            meta.vocab_size
-        );
-        let data: Vec<f32> =
-            view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        logits.push(data);
-    }
-    Ok(LoadedGolden { meta, logits })
+fn load_golden(name: &str) -> Result<Golden> {
+    Ok(golden::load(&golden::committed_dir(), name)?)
 }
 
 /// Max |a - b| and where it is; an error on NaN or length mismatch.
@@ -117,18 +49,18 @@ struct Deltas {
 
 fn check_golden(name: &str, model_path: &Path, tol: f32) -> Result<Deltas> {
     let golden = load_golden(name)?;
-    println!("{name}: goldens from {}", golden.meta.versions);
+    println!("{name}: goldens from {}", golden.versions);
     let assets =
         ModelAssets::open(model_path).map_err(|e| anyhow!("opening {}: {e}", model_path.display()))?;
     ensure!(
-        assets.config.vocab_size == golden.meta.vocab_size,
+        assets.config.vocab_size == golden.vocab_size,
         "{name}: model vocab {} but golden vocab {}",
         assets.config.vocab_size,
-        golden.meta.vocab_size
+        golden.vocab_size
     );
 
     // Tokenizer: exactly the golden ids, no BOS.
-    for (i, p) in golden.meta.prompts.iter().enumerate() {
+    for (i, p) in golden.prompts.iter().enumerate() {
         let enc = assets
             .tokenizer
             .tokenizer
@@ -147,9 +79,9 @@ fn check_golden(name: &str, model_path: &Path, tol: f32) -> Result<Deltas> {
 
     let engine =
         Engine::load(&assets, EngineOptions::default()).map_err(|e| anyhow!("{name}: Engine::load: {e}"))?;
-    let vocab = golden.meta.vocab_size;
+    let vocab = golden.vocab_size;
     let mut deltas = Deltas::default();
-    for (i, (p, want)) in golden.meta.prompts.iter().zip(&golden.logits).enumerate() {
+    for (i, (p, want)) in golden.prompts.iter().zip(&golden.logits).enumerate() {
         let len = p.ids.len();
 
         // Full forward, every position.
@@ -217,7 +149,7 @@ fn check_golden(name: &str, model_path: &Path, tol: f32) -> Result<Deltas> {
 /// Fails clearly when a fixture was regenerated after its golden was written.
 fn check_fixture_unchanged(name: &str, dir: &Path) -> Result<()> {
     let golden = load_golden(name)?;
-    let hashes = golden.meta.source.sha256.as_object().context("golden source has no sha256 map")?;
+    let hashes = golden.source["sha256"].as_object().context("golden source has no sha256 map")?;
     ensure!(!hashes.is_empty(), "{name}: golden source lists no fixture file hashes");
     for (file, want) in hashes {
         let bytes =
@@ -237,7 +169,7 @@ fn check_fixture(name: &str) -> Result<()> {
     ensure!(dir.join("config.json").is_file(), "fixture {} is missing", dir.display());
     check_fixture_unchanged(name, &dir)?;
     let golden = load_golden(name)?;
-    let texts: Vec<&str> = golden.meta.prompts.iter().map(|p| p.text.as_str()).collect();
+    let texts: Vec<&str> = golden.prompts.iter().map(|p| p.text.as_str()).collect();
     ensure!(
         texts == genarm_testkit::PROMPTS,
         "{name}: golden prompts {texts:?} differ from genarm_testkit::PROMPTS {:?}: rerun scripts/make-goldens.sh",
