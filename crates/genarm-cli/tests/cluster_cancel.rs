@@ -60,11 +60,9 @@ fn a_streaming_client_that_disconnects_after_two_tokens_is_released_everywhere_w
     eprintln!("sequence freed on every worker {took:?} after the disconnect");
 
     // Nothing runs any more, and far fewer than MAX_TOKENS steps ran.
-    std::thread::sleep(Duration::from_millis(200));
-    let settled: Vec<u64> = workers.iter().map(|u| stats(u).sequence_steps).collect();
-    std::thread::sleep(Duration::from_millis(300));
+    let settled = settled_steps(&workers);
+    assert_no_steps_for(&workers, &settled, Duration::from_millis(300));
     for ((url, b), s) in workers.iter().zip(&before).zip(&settled) {
-        assert_eq!(stats(url).sequence_steps, *s, "worker {url} is still stepping after the cancel");
         assert!(
             s - b < MAX_TOKENS as u64 / 2,
             "worker {url} ran {} sequence-steps for a request cancelled after 2 tokens",
@@ -113,10 +111,41 @@ fn a_non_streaming_client_that_disconnects_is_released_everywhere_within_a_secon
     let freed = poll_until(Duration::from_secs(1), || workers.iter().all(|u| stats(u).sequences == 0));
     assert!(freed, "1 s after the disconnect the workers still hold KV\n{}", cluster.log_tails());
     eprintln!("sequence freed on every worker {:?} after the disconnect", disconnected.elapsed());
-    std::thread::sleep(Duration::from_millis(200));
-    for (url, b) in workers.iter().zip(&before) {
-        let ran = stats(url).sequence_steps - b;
+    for ((url, b), s) in workers.iter().zip(&before).zip(settled_steps(&workers)) {
+        let ran = s - b;
         assert!(ran < MAX_TOKENS as u64 / 2, "worker {url} ran {ran} sequence-steps for a cancelled request");
     }
     post_ok(&cluster, "/v1/completions", &completion("Hello", 4));
+}
+
+/// The workers' `sequence_steps` once the step that may still have been in flight at the cancel
+/// is done: read every 100 ms until two reads in a row agree, failing after 10 s of change.
+fn settled_steps(workers: &[String]) -> Vec<u64> {
+    let read = || workers.iter().map(|u| stats(u).sequence_steps).collect::<Vec<u64>>();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = read();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = read();
+        if now == last {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the workers still step 10 s after the cancel: {last:?} -> {now:?}"
+        );
+        last = now;
+    }
+}
+
+/// Watches the workers for `window` (reading every 20 ms) and fails at the first step any of
+/// them runs beyond `settled`: after a cancel nothing may step again.
+fn assert_no_steps_for(workers: &[String], settled: &[u64], window: Duration) {
+    let end = Instant::now() + window;
+    while Instant::now() < end {
+        for (url, s) in workers.iter().zip(settled) {
+            assert_eq!(stats(url).sequence_steps, *s, "worker {url} is still stepping after the cancel");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -116,8 +116,13 @@ fn sigterm_during_load_finishes_every_accepted_request_and_refuses_new_ones() {
         cluster.router.signal_group(SIGTERM);
 
         // During the drain: new requests get 503 + Retry-After naming the drain; /ready 503;
-        // /health 200.
-        std::thread::sleep(Duration::from_millis(50));
+        // /health 200. The router handles the signal asynchronously: wait until /ready says it
+        // is draining (a one-way switch) before probing, rather than sleeping and hoping.
+        let draining = poll_until(Duration::from_secs(10), || {
+            http::get(&cluster.url("/ready"))
+                .is_ok_and(|r| r.status == 503 && r.json().is_ok_and(|v| v["error"]["code"] == "draining"))
+        });
+        assert!(draining, "/ready never reported the drain after SIGTERM\n{}", cluster.log_tails());
         let r =
             http::post_json(&url, &bodies[0]).expect("the router still accepts connections while draining");
         assert_error(&r, 503, &["draining"], "a request during the drain");

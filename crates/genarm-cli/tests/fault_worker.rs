@@ -185,6 +185,8 @@ fn a_worker_paused_with_sigstop_is_waited_for_and_replayed() {
         "/ready should answer 503 while the rm-worker is stopped"
     );
     assert_eq!(c.complete(false, 8), plain_want, "an unguided request while the rm-worker is stopped");
+    // Not a wait for something to happen (the polls above did that): the pause itself lasts at
+    // least 3 s, three step timeouts, whatever the machine's speed, before the worker resumes.
     std::thread::sleep(Duration::from_secs(3).saturating_sub(paused.elapsed()));
     c.arm.signal_group(libc::SIGCONT);
     let (tail, errors, done) = drain(s);

@@ -319,9 +319,17 @@ mod tests {
         let mut comms = LocalCommunicator::group(2);
         let c1 = comms.pop().unwrap();
         let c0 = comms.pop().unwrap();
+        let group = c1.group.clone();
         let waiter =
             std::thread::spawn(move || c0.all_reduce_sum(&Tensor::new(&[1f32], &Device::Cpu).unwrap()));
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        // Abort only once rank 0 really waits in the barrier (it counts itself as arrived and
+        // blocks on the condition variable under the same lock), so that the abort is what wakes
+        // it; aborting earlier would test the check on entry instead.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while group.state.lock().unwrap().arrived == 0 {
+            assert!(std::time::Instant::now() < deadline, "rank 0 never reached the barrier");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         c1.abort();
         assert!(waiter.join().unwrap().is_err());
     }

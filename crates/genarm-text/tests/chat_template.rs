@@ -1,5 +1,6 @@
 //! Chat templates: the fixtures' ChatML, SmolLM2's real template, and a template exercising what
-//! HF templates use, each against transformers' rendering.
+//! HF templates use, each against transformers' rendering (`tests/data/chat_template_goldens.json`,
+//! written by `scripts/make_goldens.py`).
 
 mod common;
 
@@ -18,8 +19,6 @@ fn fixture_chatml_renders_the_test_prompt() {
         assert!(text.check_chat_template().is_ok());
         let rendered = text.render_chat(&[user("What is 12 + 30?")], true).unwrap();
         assert_eq!(rendered, genarm_testkit::PROMPTS[2], "{fixture}");
-        let rendered = text.render_chat(&[user("What is 12 + 30?")], false).unwrap();
-        assert_eq!(rendered, "<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n");
     }
 }
 
@@ -72,60 +71,51 @@ fn missing_or_broken_templates_are_clear_errors() {
     assert!(matches!(err, TextError::TemplateRender { .. }), "{err:?}");
 }
 
-#[test]
-fn smollm2_template_matches_transformers() {
-    // SmolLM2-135M-Instruct's template, copied from the GGUF's tokenizer.chat_template.
-    let template = include_str!("data/smollm2_chat_template.jinja");
-    let text = fixture_text("llama-mha", Some(template), false);
-    let rendered = text
-        .render_chat(&[ChatMessage::new("system", "You are terse."), user("What is 2+2?")], true)
-        .unwrap();
-    // Expected strings: transformers 5's render_jinja_template on the same messages.
-    assert_eq!(
-        rendered,
-        "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
-    );
-    assert!(rendered.ends_with("<|im_start|>assistant\n"));
-    assert_eq!(
-        text.render_chat(&[user("Hi"), ChatMessage::new("assistant", "Hello!")], false).unwrap(),
-        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
-         <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
-    );
+/// The template source a golden case names: a file under `tests/data/`, or `fixture` (`None`:
+/// the fixture's own ChatML).
+fn case_template(name: &str) -> Option<String> {
+    (name != "fixture").then(|| {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    })
 }
 
 #[test]
-fn kitchen_sink_template_matches_transformers() {
-    let template = include_str!("data/kitchen_sink_template.jinja");
-    let text = fixture_text("llama-mha", Some(template), false);
-    let mut bob = user("Hi  there");
-    bob.name = Some("bob".into());
-    let messages = [
-        ChatMessage::new("system", "  Be  brief.  "),
-        bob,
-        ChatMessage::new("assistant", "skip me"),
-        ChatMessage::new("assistant", " Hello!  "),
-        user("now STOP"),
-        user("never"),
-    ];
-    // Expected strings: transformers 5's render_jinja_template (Jinja2 3.1.6) with
-    // bos_token = eos_token = "<|endoftext|>".
+fn templates_render_like_transformers() {
+    // SmolLM2's template is the GGUF's tokenizer.chat_template; the expected strings are
+    // transformers' render_jinja_template of the same messages, both written by make_goldens.py.
+    let goldens: serde_json::Value =
+        serde_json::from_str(include_str!("data/chat_template_goldens.json")).unwrap();
+    let cases = goldens["cases"].as_array().unwrap();
+    let templates: std::collections::BTreeSet<&str> =
+        cases.iter().map(|c| c["template"].as_str().unwrap()).collect();
     assert_eq!(
-        text.render_chat(&messages, true).unwrap(),
-        "<|endoftext|><|im_start|>system\nToday Date: 26 Jul 2024\nBe  brief.<|im_end|>\n<|im_start|>user (bob)\n\
-         Hi there<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nnow STOP<|im_end|>\n\
-         <!-- 3 USER {\"a\": [1, 2.5, null, true], \"b\": \"x<y é\"} {\n  \"k\": [\n    1\n  ]\n} a|b|c Hello World 5 1x2 False -->\n\
-         <|im_start|>assistant\n"
+        templates.into_iter().collect::<Vec<_>>(),
+        ["fixture", "kitchen_sink_template.jinja", "smollm2_chat_template.jinja"],
+        "every template has goldens"
     );
-    assert_eq!(
-        text.render_chat(&[user("x")], false).unwrap(),
-        "<|endoftext|><|im_start|>system\nToday Date: 26 Jul 2024\n<|im_end|>\n<|im_start|>user\nx<|im_end|>\n\
-         <!-- 1 USER {\"a\": [1, 2.5, null, true], \"b\": \"x<y é\"} {\n  \"k\": [\n    1\n  ]\n} a|b|c Hello World 1 1x2 False -->\n"
-    );
-    let err = text.render_chat(&[ChatMessage::new("tool", "x")], false).unwrap_err();
-    assert!(
-        matches!(&err, TextError::TemplateException { message, .. } if message == "Unsupported role: tool"),
-        "{err:?}"
-    );
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        // Rendered with the fixtures' BOS and EOS, which fixture_text gives the template.
+        assert_eq!(case["bos_token"], genarm_testkit::ENDOFTEXT, "{name}");
+        assert_eq!(case["eos_token"], genarm_testkit::ENDOFTEXT, "{name}");
+        let messages: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
+        let add_generation_prompt = case["add_generation_prompt"].as_bool().unwrap();
+        let template = case_template(case["template"].as_str().unwrap());
+        let fixtures = if template.is_none() { FIXTURES } else { &FIXTURES[..1] };
+        for fixture in fixtures {
+            let text = fixture_text(fixture, template.as_deref(), false);
+            let got = text.render_chat(&messages, add_generation_prompt);
+            match (case["rendered"].as_str(), case["exception"].as_str()) {
+                (Some(want), None) => assert_eq!(got.unwrap(), want, "{name} ({fixture})"),
+                (None, Some(want)) => assert!(
+                    matches!(&got, Err(TextError::TemplateException { message, .. }) if message == want),
+                    "{name} ({fixture}): {got:?}"
+                ),
+                _ => panic!("{name}: a case has either `rendered` or `exception`"),
+            }
+        }
+    }
 }
 
 #[test]

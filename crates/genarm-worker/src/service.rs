@@ -171,10 +171,14 @@ impl WorkerService {
     /// kept; one released here and stepped later answers UNKNOWN_SEQUENCE, and the router
     /// replays it.
     pub async fn sweep_orphans(&self, timeout: Duration) -> usize {
+        self.sweep_orphans_at(Instant::now(), timeout).await
+    }
+
+    /// [`Self::sweep_orphans`] as if it ran at `now` (the tests' clock).
+    async fn sweep_orphans_at(&self, now: Instant, timeout: Duration) -> usize {
         if !self.is_ready() {
             return 0;
         }
-        let now = Instant::now();
         let stale: Vec<u64> = {
             let mut last = self.last_step();
             let stale: Vec<u64> =
@@ -296,25 +300,29 @@ mod tests {
         let service = WorkerService::new(InfoResponse::default(), WorkerRole::Base);
         assert_eq!(service.sweep_orphans(Duration::ZERO).await, 0, "no engine: nothing to sweep");
         assert!(service.set_engine(engine));
-        // Margins of a second on either side of the timeout, so that a loaded machine's stalls
-        // cannot move a sequence across it.
-        let timeout = Duration::from_millis(2000);
+        // The sweeps run at chosen instants relative to the recorded step times, never after a
+        // sleep: a loaded machine's stalls cannot move a sequence across the timeout.
+        let timeout = Duration::from_secs(60);
+        let stepped_at = |id: u64| *service.last_step().get(&id).expect("a step reached it");
 
         // Sequences 1, 2, 3 prefill; 3 is released by its router; 2 keeps being stepped.
         for id in [1, 2, 3] {
             service.handle_step(step(id, 0, vec![5, 6, 7])).await.unwrap();
         }
         service.handle_release(ReleaseRequest { seq_ids: vec![3] }).await.unwrap();
+        assert!(!service.last_step().contains_key(&3), "a released sequence is not tracked");
         let (held, used, orphans) = sequences(&service).await;
         assert_eq!((held, orphans), (2, 0));
         assert!(used > 0);
-        assert_eq!(service.sweep_orphans(timeout).await, 0, "nothing is idle yet");
+        let first = stepped_at(1);
+        assert_eq!(service.sweep_orphans_at(first + timeout / 2, timeout).await, 0, "nothing is idle yet");
+        assert_eq!(service.sweep_orphans(timeout).await, 0, "nothing is idle yet (real clock)");
 
-        tokio::time::sleep(Duration::from_millis(1500)).await;
         service.handle_step(step(2, 3, vec![8])).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        // 1 was idle ≥ 2.5 s, 2 only ~1 s.
-        assert_eq!(service.sweep_orphans(timeout).await, 1);
+        let second = stepped_at(2);
+        assert!(second > first, "a step after sequence 1's prefill is recorded later");
+        // At `first + timeout`: 1 was idle for the timeout, 2 for less.
+        assert_eq!(service.sweep_orphans_at(first + timeout, timeout).await, 1);
         assert_eq!(sequences(&service).await.0, 1, "sequence 2 was stepped within the timeout");
         assert_eq!(sequences(&service).await.2, 1);
         let r = service.handle_step(step(1, 3, vec![8])).await.unwrap();
@@ -325,10 +333,10 @@ mod tests {
         );
 
         // Idle past the timeout: 2 goes too; the failed step of 1 left nothing to release.
-        tokio::time::sleep(timeout).await;
-        assert_eq!(service.sweep_orphans(timeout).await, 1);
+        let later = Instant::now() + timeout;
+        assert_eq!(service.sweep_orphans_at(later, timeout).await, 1);
         assert_eq!(sequences(&service).await, (0, 0, 2), "(sequences, KV blocks used, orphans released)");
-        assert_eq!(service.sweep_orphans(Duration::ZERO).await, 0);
+        assert_eq!(service.sweep_orphans_at(later + timeout, Duration::ZERO).await, 0);
     }
 
     #[tokio::test]
