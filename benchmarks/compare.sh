@@ -7,7 +7,8 @@
 #     tokens actually generated are counted), greedy decoding, guidance weight ALPHA;
 #   - genarm: `genarm bench` at concurrency 1 and 16 against a local `genarm launch` cluster;
 #   - reference: benchmarks/reference_loop.py (transformers + torch on CPU, one prompt at a time).
-# Prints the ratios. Installs torch + transformers from PyPI into a venv (about 3 GB, not in CI).
+# Prints the ratios. Installs torch + transformers from PyPI into a venv at the versions pinned in
+# scripts/goldens-requirements.txt (about 3 GB, not in CI).
 #
 # Usage: benchmarks/compare.sh [WORKDIR]   (env: PROMPTS=16 MAX_TOKENS=64 ALPHA=1 THREADS=2)
 set -euo pipefail
@@ -38,11 +39,8 @@ say "exporting the models to HF format"
 "$GENARM" demo-prompts --out "$WORK/prompts"
 head -n "$PROMPTS" "$WORK/prompts/eval.jsonl" > "$WORK/prompts.jsonl"
 
-if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import torch, transformers' 2>/dev/null; then
-    say "installing torch + transformers into $VENV (PyPI, ~3 GB)"
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q torch transformers safetensors
-fi
+say "torch + transformers at the versions of scripts/goldens-requirements.txt in $VENV (PyPI, ~3 GB once)"
+ensure_pinned_venv "$VENV" scripts/goldens-requirements.txt
 
 say "genarm: launching base + upbeat ARM"
 LOG="$WORK/launch.log"
