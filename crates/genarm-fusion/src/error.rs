@@ -69,6 +69,14 @@ pub enum FusionError {
     /// Every token of the fused distribution is masked (−∞): nothing can be sampled.
     #[error("every token is masked (-inf) in the fused distribution: nothing to sample")]
     NothingToSample,
+    /// A worker's sparse-wire certificate contradicts itself (see [`crate::sparse`]).
+    #[error("model {model_index} sent an inconsistent logits certificate: {message}")]
+    BadCertificate {
+        /// `0` for the base model, `i + 1` for `arms[i]`.
+        model_index: usize,
+        /// What is inconsistent.
+        message: String,
+    },
     /// A sampling parameter is out of range.
     #[error("invalid `{field}`: {message}")]
     InvalidParam {

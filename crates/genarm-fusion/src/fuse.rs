@@ -16,21 +16,23 @@ pub struct ArmTerm<'a> {
 }
 
 /// A model's log-normalizer parts: the max of its first `V` logits and `ln Σ exp(x − max)`.
-struct Normalizer {
-    max: f32,
-    log_sum: f32,
+pub(crate) struct Normalizer {
+    pub(crate) max: f32,
+    pub(crate) log_sum: f32,
+    /// `Σ exp(x − max)`, whose log `log_sum` is.
+    pub(crate) sum: f64,
 }
 
 impl Normalizer {
     /// `ℓ(x) = (x − max) − log_sum`: 0 at the max, −∞ for −∞, never NaN.
     #[inline(always)]
-    fn apply(&self, x: f32) -> f32 {
+    pub(crate) fn apply(&self, x: f32) -> f32 {
         (x - self.max) - self.log_sum
     }
 }
 
 /// Validates `logits` (no NaN or +∞, not all −∞) and computes its normalizer.
-fn normalizer(logits: &[f32], model_index: usize) -> Result<Normalizer, FusionError> {
+pub(crate) fn normalizer(logits: &[f32], model_index: usize) -> Result<Normalizer, FusionError> {
     let (max, nonfinite) = max_and_nonfinite(logits);
     if nonfinite {
         let token = first_nonfinite(logits).unwrap_or(0) as u32;
@@ -41,7 +43,7 @@ fn normalizer(logits: &[f32], model_index: usize) -> Result<Normalizer, FusionEr
     }
     // The max contributes exp(0) = 1, so the sum is ≥ 1 and its log ≥ 0: ℓ ≤ 0 everywhere.
     let sum = sum_exp(logits, |x| x - max);
-    Ok(Normalizer { max, log_sum: sum.ln() as f32 })
+    Ok(Normalizer { max, log_sum: sum.ln() as f32, sum })
 }
 
 /// Writes `log_softmax(logits[..V])` into `out`, where `V = out.len()`, in f32 with a max-subtracted,

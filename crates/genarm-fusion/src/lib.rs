@@ -49,8 +49,10 @@ pub mod packed;
 pub mod rng;
 pub mod sampling;
 mod select;
+pub mod sparse;
 
 pub use error::FusionError;
 pub use fuse::{fuse, log_softmax, ArmTerm};
 pub use packed::{pack, unpack, WireDtype};
 pub use sampling::{top_logprobs, Sampled, Sampler, SamplingParams};
+pub use sparse::{certify_row, Certified, OwnedRowCertificate, RowCertificate, Uncertified};

@@ -96,12 +96,13 @@ enum Plan {
 /// in the last bit).
 #[derive(Debug, Clone)]
 pub struct Sampler {
-    params: SamplingParams,
-    rng: Xoshiro256PlusPlus,
+    pub(crate) params: SamplingParams,
+    pub(crate) rng: Xoshiro256PlusPlus,
     full_w: Vec<f32>,
     blocks: Vec<f64>,
-    kept: Vec<u32>,
-    kept_w: Vec<f32>,
+    pub(crate) kept: Vec<u32>,
+    pub(crate) kept_w: Vec<f32>,
+    pub(crate) sparse: crate::sparse::SparseScratch,
 }
 
 impl Sampler {
@@ -115,6 +116,7 @@ impl Sampler {
             blocks: Vec::new(),
             kept: Vec::new(),
             kept_w: Vec::new(),
+            sparse: Default::default(),
         })
     }
 
@@ -298,14 +300,14 @@ impl Sampler {
 
 /// `1 / t`, capped at `f32::MAX` so that a tiny temperature never multiplies 0 by +∞.
 #[inline(always)]
-fn inverse(t: f32) -> f32 {
+pub(crate) fn inverse(t: f32) -> f32 {
     (1.0 / t).min(f32::MAX)
 }
 
 /// `x` scaled for the softmax at temperature `t > 0`: `(x − max) · (1 / t)`, exactly `x − max` at
 /// T = 1. Every weight and log-probability goes through this one expression.
 #[inline(always)]
-fn scaled(x: f32, max: f32, t: f32) -> f32 {
+pub(crate) fn scaled(x: f32, max: f32, t: f32) -> f32 {
     if t == 1.0 {
         x - max
     } else {
@@ -314,7 +316,7 @@ fn scaled(x: f32, max: f32, t: f32) -> f32 {
 }
 
 /// `ln(exp(scaled(x)) / total)`.
-fn logprob(x: f32, max: f32, t: f32, total: f64) -> f32 {
+pub(crate) fn logprob(x: f32, max: f32, t: f32, total: f64) -> f32 {
     let t = if t == 0.0 { 1.0 } else { t };
     (scaled(x, max, t) as f64 - total.ln()) as f32
 }
@@ -348,7 +350,7 @@ fn nucleus_len(w: &[f32], need: f64) -> Option<(usize, f64)> {
 
 /// Cuts `kept`/`kept_w` (in rank order) to the shortest prefix reaching `need` and returns its mass;
 /// `None` (nothing cut) if rounding kept the full sum below `need`.
-fn nucleus(kept: &mut Vec<u32>, kept_w: &mut Vec<f32>, need: f64) -> Option<f64> {
+pub(crate) fn nucleus(kept: &mut Vec<u32>, kept_w: &mut Vec<f32>, need: f64) -> Option<f64> {
     let (cut, mass) = nucleus_len(kept_w, need)?;
     kept.truncate(cut);
     kept_w.truncate(cut);
@@ -357,7 +359,7 @@ fn nucleus(kept: &mut Vec<u32>, kept_w: &mut Vec<f32>, need: f64) -> Option<f64>
 
 /// The index a draw lands on among kept weights: the first whose running sum exceeds `target`, or
 /// the last with any weight if rounding put `target` at the very top.
-fn draw_kept(w: &[f32], target: f64) -> usize {
+pub(crate) fn draw_kept(w: &[f32], target: f64) -> usize {
     let mut cum = 0.0f64;
     let mut last = 0;
     for (i, &x) in w.iter().enumerate() {
