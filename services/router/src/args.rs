@@ -105,6 +105,21 @@ pub struct Args {
     #[arg(long, env = "GENARM_LOGITS_DTYPE", value_name = "DTYPE", value_enum, default_value_t = LogitsDtypeArg::F32)]
     pub logits_dtype: LogitsDtypeArg,
 
+    /// What workers send per sequence and step. `full`: the whole logit row (vocabulary × the
+    /// dtype's bytes). `sparse`: a certificate of the row (its best `--sparse-candidates` logits,
+    /// its normalizer and bounds on the rest) from which the router proves its token is exactly
+    /// the full row's; when it cannot (or for negative weights, `logprobs` and `top_logprobs`),
+    /// it fetches that sequence's full rows, so outputs are identical either way
+    /// (docs/architecture.md §3.4). Needs workers that list the sparse wire in their Info.
+    #[arg(long, env = "GENARM_LOGITS_WIRE", value_name = "WIRE", value_enum, default_value_t = LogitsWireArg::Full)]
+    pub logits_wire: LogitsWireArg,
+
+    /// Candidates per sequence and model on the sparse wire (more: fewer full-row fetches, more
+    /// bytes per step).
+    #[arg(long, env = "GENARM_SPARSE_CANDIDATES", value_name = "N", default_value_t = 64,
+        value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub sparse_candidates: u32,
+
     /// Most stop strings one request may give.
     #[arg(long, env = "GENARM_MAX_STOP_SEQUENCES", value_name = "N", default_value_t = 4)]
     pub max_stop_sequences: usize,
@@ -261,6 +276,15 @@ pub enum LogitsDtypeArg {
     Bf16,
     /// IEEE half: 2 bytes per logit.
     F16,
+}
+
+/// `--logits-wire`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogitsWireArg {
+    /// Whole logit rows every step.
+    Full,
+    /// Certificates of the rows; whole rows only when the token cannot be certified.
+    Sparse,
 }
 
 /// Whether `name` is usable as a reward name (it appears in JSON keys and metric labels).

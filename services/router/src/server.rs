@@ -17,10 +17,10 @@ use tokio::sync::watch;
 
 use crate::api::validate::ValidationConfig;
 use crate::api::{router, AppState, Core};
-use crate::args::{Args, LogitsDtypeArg};
+use crate::args::{Args, LogitsDtypeArg, LogitsWireArg};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::workers::WorkerHealth;
-use crate::workers::{Workers, WorkersConfig};
+use crate::workers::{LogitsWire, Workers, WorkersConfig};
 
 /// The wire dtype for a flag value.
 pub fn wire_dtype(d: LogitsDtypeArg) -> WireDtype {
@@ -28,6 +28,14 @@ pub fn wire_dtype(d: LogitsDtypeArg) -> WireDtype {
         LogitsDtypeArg::F32 => WireDtype::F32,
         LogitsDtypeArg::Bf16 => WireDtype::Bf16,
         LogitsDtypeArg::F16 => WireDtype::F16,
+    }
+}
+
+/// The logits wire of `--logits-wire` and `--sparse-candidates`.
+pub fn logits_wire(args: &Args) -> LogitsWire {
+    match args.logits_wire {
+        LogitsWireArg::Full => LogitsWire::Full,
+        LogitsWireArg::Sparse => LogitsWire::Sparse { candidates: args.sparse_candidates },
     }
 }
 
@@ -204,6 +212,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         reprobe: Duration::from_millis(args.worker_reprobe_ms.max(50)),
         max_message_bytes: args.max_message_bytes,
         tls,
+        logits_wire: logits_wire(&args),
     };
     let workers = tokio::select! {
         w = Workers::connect(&wcfg) => w?,
@@ -235,6 +244,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             eos: catalog.base().text.eos_token_ids().to_vec(),
             max_context: catalog.max_context,
             dtype: wire_dtype(args.logits_dtype),
+            wire: logits_wire(&args),
             max_batch_size: args.max_batch_size as usize,
             max_batch_tokens: args.max_batch_tokens as usize,
             max_waiting: args.max_waiting,

@@ -81,6 +81,7 @@ pub fn register_zeroes() {
         "genarm_failovers_total",
         "genarm_preemptions_total",
         "genarm_step_wire_bytes_total",
+        "genarm_sparse_certified_total",
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -134,6 +135,19 @@ pub fn describe() {
     describe_counter!(
         "genarm_step_wire_bytes_total",
         "Bytes of Step requests and replies on the wire (encoded protobuf payloads), all workers"
+    );
+    describe_counter!(
+        "genarm_model_wire_bytes_total",
+        "Bytes of Step and FetchRows requests and replies on the wire by model (worker label)"
+    );
+    describe_counter!(
+        "genarm_sparse_certified_total",
+        "Tokens the sparse logits wire certified from the workers' certificates alone"
+    );
+    describe_counter!(
+        "genarm_sparse_fallbacks_total",
+        "Tokens the sparse logits wire could not certify, by reason (negative_weight, logprob, argmax, \
+         top_k, top_p, draw, top_logprobs, full_row): their full rows were fetched"
     );
     describe_counter!(
         "genarm_replays_total",
@@ -195,8 +209,12 @@ pub struct SchedMetrics {
     pub queue_depth: Gauge,
     /// `genarm_batch_size`.
     pub batch_size: Gauge,
+    /// `genarm_sparse_certified_total`.
+    pub sparse_certified: Counter,
     /// `genarm_backend_step_duration_seconds` per model index.
     worker_step: Vec<Histogram>,
+    /// `genarm_model_wire_bytes_total` per model index.
+    model_wire_bytes: Vec<Counter>,
 }
 
 impl SchedMetrics {
@@ -220,7 +238,9 @@ impl SchedMetrics {
             preemptions: metrics::counter!("genarm_preemptions_total"),
             queue_depth: metrics::gauge!("genarm_queue_depth"),
             batch_size: metrics::gauge!("genarm_batch_size"),
+            sparse_certified: metrics::counter!("genarm_sparse_certified_total"),
             worker_step: Vec::new(),
+            model_wire_bytes: Vec::new(),
         }
     }
 
@@ -233,6 +253,26 @@ impl SchedMetrics {
                     "worker" => worker.clone(), "address" => address.clone())
             })
             .collect();
+        self.model_wire_bytes = labels
+            .iter()
+            .map(|(worker, _)| metrics::counter!("genarm_model_wire_bytes_total", "worker" => worker.clone()))
+            .collect();
+        for c in &self.model_wire_bytes {
+            c.increment(0);
+        }
+    }
+
+    /// Records `bytes` on the wire to and from model `m`'s workers.
+    pub fn wire_bytes(&self, m: ModelIndex, bytes: u64) {
+        self.step_wire_bytes.increment(bytes);
+        if let Some(c) = self.model_wire_bytes.get(m) {
+            c.increment(bytes);
+        }
+    }
+
+    /// Records a token the sparse wire could not certify.
+    pub fn sparse_fallback(&self, reason: &'static str) {
+        metrics::counter!("genarm_sparse_fallbacks_total", "reason" => reason).increment(1);
     }
 
     /// Records one Step call to model `m`'s worker.

@@ -8,12 +8,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use genarm_fusion::{fuse, pack, ArmTerm, Sampler, SamplingParams, WireDtype};
+use genarm_fusion::{
+    certify_row, fuse, pack, ArmTerm, OwnedRowCertificate, Sampler, SamplingParams, WireDtype,
+};
 use genarm_text::ModelText;
 
 use crate::scheduler::{Detokenizer, TextStep};
 use crate::workers::{
-    Bytes, CallError, ModelIndex, SeqErrorKind, SeqOutcome, SeqStep, StepBackend, StepReply, WorkerHealth,
+    Bytes, CallError, LogitsWire, ModelIndex, SeqErrorKind, SeqOutcome, SeqStep, SparseRow, StepBackend,
+    StepReply, WorkerHealth,
 };
 use crate::workers::{Catalog, ModelEntry};
 
@@ -56,6 +59,12 @@ pub struct FakeState {
     pub lose_next: bool,
     /// Released ids.
     pub released: Vec<u64>,
+    /// The rows of the last sparse step, per sequence (for `fetch_rows`).
+    pub kept_rows: HashMap<u64, Vec<f32>>,
+    /// Sequence ids of each `fetch_rows` call.
+    pub fetches: Vec<Vec<u64>>,
+    /// Fail this many next `fetch_rows` calls as a whole.
+    pub fail_fetches: usize,
 }
 
 /// One fake worker.
@@ -122,6 +131,7 @@ impl StepBackend for FakeBackend {
         seqs: Vec<SeqStep>,
         logits_len: u32,
         dtype: WireDtype,
+        wire: LogitsWire,
     ) -> Result<StepReply, CallError> {
         let started = std::time::Instant::now();
         tokio::time::sleep(self.delay).await;
@@ -174,18 +184,72 @@ impl StepBackend for FakeBackend {
             for &(t, v) in &st.poison {
                 logits[t] = v;
             }
+            st.kept_rows.remove(&s.seq_id);
+            if let LogitsWire::Sparse { candidates } = wire {
+                let mut c = OwnedRowCertificate::default();
+                if certify_row(&logits, candidates as usize, &mut c).is_ok() {
+                    st.kept_rows.insert(s.seq_id, logits);
+                    out.push(SeqOutcome::Sparse(SparseRow {
+                        ids: c.ids,
+                        logits: c.logits,
+                        max: c.max,
+                        log_sum: c.log_sum,
+                        outside_max: c.outside_max,
+                        tail_log_sum: c.tail_log_sum,
+                    }));
+                    continue;
+                }
+            }
             let mut bytes = Vec::new();
             pack(&logits, dtype, &mut bytes);
             out.push(SeqOutcome::Logits(Bytes::from(bytes)));
         }
-        let wire_bytes =
-            out.iter().map(|o| if let SeqOutcome::Logits(b) = o { b.len() as u64 } else { 0 }).sum();
+        let wire_bytes = out
+            .iter()
+            .map(|o| match o {
+                SeqOutcome::Logits(b) => b.len() as u64,
+                SeqOutcome::Sparse(r) => 8 * r.ids.len() as u64 + 24,
+                SeqOutcome::Error { .. } => 0,
+            })
+            .sum();
         Ok(StepReply { outcomes: out, forward: started.elapsed(), wire_bytes })
+    }
+
+    async fn fetch_rows(
+        &self,
+        model: ModelIndex,
+        seq_ids: Vec<u64>,
+        _logits_len: u32,
+        dtype: WireDtype,
+    ) -> Result<(Vec<SeqOutcome>, u64), CallError> {
+        let mut st = self.state(model);
+        st.fetches.push(seq_ids.clone());
+        if st.fail_fetches > 0 {
+            st.fail_fetches -= 1;
+            return Err(CallError::Transport("connection reset".into()));
+        }
+        let mut bytes_total = 0;
+        let out = seq_ids
+            .iter()
+            .map(|id| match st.kept_rows.get(id) {
+                Some(row) => {
+                    let mut bytes = Vec::new();
+                    pack(row, dtype, &mut bytes);
+                    bytes_total += bytes.len() as u64;
+                    SeqOutcome::Logits(Bytes::from(bytes))
+                }
+                None => {
+                    SeqOutcome::Error { kind: SeqErrorKind::UnknownSequence, message: "no kept row".into() }
+                }
+            })
+            .collect();
+        Ok((out, bytes_total))
     }
 
     async fn release(&self, model: ModelIndex, seq_ids: Vec<u64>) -> Result<(), CallError> {
         let mut st = self.state(model);
         for id in seq_ids {
+            st.kept_rows.remove(&id);
             st.held.remove(&id);
             st.released.push(id);
         }

@@ -56,6 +56,7 @@ pub(crate) async fn serve_catalog(
             eos: vec![0],
             max_context: catalog.max_context,
             dtype: WireDtype::F32,
+            wire: crate::workers::LogitsWire::Full,
             max_batch_size: 8,
             max_batch_tokens: 4096,
             max_waiting,

@@ -12,6 +12,8 @@ mod error;
 mod handle;
 mod queue;
 mod seq;
+#[cfg(test)]
+mod sparse_tests;
 pub mod step;
 #[cfg(test)]
 mod tests;
@@ -31,7 +33,7 @@ pub use handle::{ArmRequest, Event, FinishReason, GenRequest, SchedulerHandle, T
 pub use text::{Detokenizer, RequestText, TextStep};
 
 use crate::telemetry::SchedMetrics;
-use crate::workers::StepBackend;
+use crate::workers::{LogitsWire, StepBackend};
 use queue::first_seq_id;
 use seq::Seq;
 
@@ -46,6 +48,8 @@ pub struct SchedulerConfig {
     pub max_context: u32,
     /// How logits travel.
     pub dtype: WireDtype,
+    /// Full rows or certificates (docs/architecture.md §3.4).
+    pub wire: LogitsWire,
     /// Most sequences in a step.
     pub max_batch_size: usize,
     /// Prefill token budget per step.

@@ -8,7 +8,16 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::handle::{Event, TokenUsage};
 use super::text::Detokenizer;
-use crate::workers::{Bytes, ModelIndex};
+use crate::workers::{Bytes, ModelIndex, SparseRow};
+
+/// One model's logits for a sequence's current position, as its worker sent them.
+#[derive(Debug, Clone)]
+pub(crate) enum ModelRow {
+    /// The whole row, packed in the step's dtype.
+    Packed(Bytes),
+    /// The sparse wire's certificate of the row (the worker keeps the row for `FetchRows`).
+    Sparse(SparseRow),
+}
 
 /// One model's view of a running sequence.
 pub(crate) struct SeqModel {
@@ -20,8 +29,8 @@ pub(crate) struct SeqModel {
     pub prompt: Vec<u32>,
     /// Tokens the worker holds for the sequence.
     pub pos: u32,
-    /// Packed logits at the sequence's current length, once the worker sent them this round.
-    pub logits: Option<Bytes>,
+    /// Logits at the sequence's current length, once the worker sent them this round.
+    pub logits: Option<ModelRow>,
 }
 
 /// A request inside the actor.

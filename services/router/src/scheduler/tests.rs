@@ -33,6 +33,7 @@ fn config() -> SchedulerConfig {
         eos: vec![EOS],
         max_context: 4096,
         dtype: WireDtype::F32,
+        wire: crate::workers::LogitsWire::Full,
         max_batch_size: 32,
         max_batch_tokens: 4096,
         max_waiting: 64,

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use genarm_fusion::WireDtype;
+use genarm_fusion::{RowCertificate, WireDtype};
 pub use genarm_proto::prost::bytes::Bytes;
 
 use super::error::CallError;
@@ -41,11 +41,57 @@ pub enum SeqErrorKind {
     ReplicaLost,
 }
 
+/// What workers send per sequence (docs/architecture.md §3.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogitsWire {
+    /// Every sequence's whole row.
+    #[default]
+    Full,
+    /// A certificate of each row with this many candidates; whole rows only on request.
+    Sparse {
+        /// Candidates per sequence and model.
+        candidates: u32,
+    },
+}
+
+/// A worker's certificate of one row (the sparse wire's `SparseLogits`, owned).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SparseRow {
+    /// Candidate ids.
+    pub ids: Vec<u32>,
+    /// Their raw logits.
+    pub logits: Vec<f32>,
+    /// The row's maximum.
+    pub max: f32,
+    /// `ln Σ exp(x − max)` over the row.
+    pub log_sum: f32,
+    /// The largest logit not sent.
+    pub outside_max: f32,
+    /// `ln Σ exp(x − max)` over the ids not sent, rounded up.
+    pub tail_log_sum: f64,
+}
+
+impl SparseRow {
+    /// The view [`genarm_fusion::Sampler::sample_certified`] takes.
+    pub fn certificate(&self) -> RowCertificate<'_> {
+        RowCertificate {
+            ids: &self.ids,
+            logits: &self.logits,
+            max: self.max,
+            log_sum: self.log_sum,
+            outside_max: self.outside_max,
+            tail_log_sum: self.tail_log_sum,
+        }
+    }
+}
+
 /// A worker's answer for one sequence of a step.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SeqOutcome {
     /// Packed logits at the sequence's last position (in the step's dtype, at least `V` values).
     Logits(Bytes),
+    /// The sparse wire's certificate of those logits.
+    Sparse(SparseRow),
     /// The sequence was refused.
     Error {
         /// The kind of refusal.
@@ -87,14 +133,26 @@ pub trait StepBackend: WorkerHealth {
     fn mark_failed(&self, model: ModelIndex, reason: &str);
 
     /// One batched step on `model`'s worker. The reply has one outcome per entry of `seqs`, in
-    /// order; logits are cut to `logits_len` and packed as `dtype`.
+    /// order; logits are cut to `logits_len` and packed as `dtype`, or certified (`wire`).
     fn step(
         &self,
         model: ModelIndex,
         seqs: Vec<SeqStep>,
         logits_len: u32,
         dtype: WireDtype,
+        wire: LogitsWire,
     ) -> impl Future<Output = Result<StepReply, CallError>> + Send;
+
+    /// The full rows of sequences whose last step on `model` was sparse, from the replicas
+    /// holding them: one outcome per id, in order ([`SeqOutcome::Logits`], or an error when the
+    /// replica lost it), and the bytes on the wire.
+    fn fetch_rows(
+        &self,
+        model: ModelIndex,
+        seq_ids: Vec<u64>,
+        logits_len: u32,
+        dtype: WireDtype,
+    ) -> impl Future<Output = Result<(Vec<SeqOutcome>, u64), CallError>> + Send;
 
     /// Frees sequences on `model`'s worker (unknown ids are ignored by workers).
     fn release(

@@ -24,6 +24,9 @@ pub struct WorkersConfig {
     pub max_message_bytes: usize,
     /// Mutual TLS to every worker (`--tls-*`); `None`: plaintext.
     pub tls: Option<genarm_tls::ClientTls>,
+    /// The logits wire steps use (`--logits-wire`): a worker that cannot answer with it is
+    /// refused at connect time.
+    pub logits_wire: super::LogitsWire,
 }
 
 /// etcd discovery settings.

@@ -1,15 +1,19 @@
 //! The gRPC calls to one member: `Step` (request built from the scheduler's sequences, reply
-//! checked against them and turned into outcomes) and `Release`, with their deadlines.
+//! checked against them and turned into outcomes), `FetchRows` (the sparse wire's full rows) and
+//! `Release`, with their deadlines.
 
 use std::time::Duration;
 
 use genarm_fusion::WireDtype;
 use genarm_proto::prost::Message as _;
 use genarm_proto::v1::seq_result::Outcome;
-use genarm_proto::v1::{LogitsDtype, ReleaseRequest, SeqErrorCode, StepRequest};
+use genarm_proto::v1::{
+    FetchRowsRequest, LogitsDtype, ReleaseRequest, SeqErrorCode, SeqResult, SparseLogits, StepRequest,
+    StepResponse,
+};
 use tracing::Instrument as _;
 
-use super::backend::{SeqErrorKind, SeqOutcome, SeqStep};
+use super::backend::{LogitsWire, SeqErrorKind, SeqOutcome, SeqStep, SparseRow};
 use super::error::CallError;
 use super::pool::{Member, Slot, Workers};
 
@@ -25,6 +29,7 @@ impl Workers {
         seqs: Vec<SeqStep>,
         logits_len: u32,
         dtype: WireDtype,
+        wire: LogitsWire,
     ) -> Result<(Vec<SeqOutcome>, Duration, u64), CallError> {
         let ids: Vec<u64> = seqs.iter().map(|s| s.seq_id).collect();
         let req = StepRequest {
@@ -39,6 +44,14 @@ impl Workers {
                 .collect(),
             logits_dtype: proto_dtype(dtype) as i32,
             logits_len,
+            logits_wire: match wire {
+                LogitsWire::Full => genarm_proto::v1::LogitsWire::Full as i32,
+                LogitsWire::Sparse { .. } => genarm_proto::v1::LogitsWire::Sparse as i32,
+            },
+            candidates: match wire {
+                LogitsWire::Full => 0,
+                LogitsWire::Sparse { candidates } => candidates,
+            },
         };
         let request_bytes = req.encoded_len() as u64;
         let mut client = member.client.clone();
@@ -52,36 +65,51 @@ impl Workers {
                 })?
                 .map_err(|s| CallError::from_status(&s))?
                 .into_inner();
-        if resp.results.len() != ids.len() {
-            return Err(CallError::Protocol(format!(
-                "answered {} results for a step of {} sequences",
-                resp.results.len(),
-                ids.len()
-            )));
-        }
         let wire_bytes = request_bytes + resp.encoded_len() as u64;
         let forward = Duration::from_micros(resp.forward_micros);
-        let outcomes = resp
-            .results
-            .into_iter()
-            .zip(ids)
-            .map(|(r, id)| {
-                if r.seq_id != id {
-                    return Err(CallError::Protocol(format!(
-                        "answered sequence {} where {id} was expected",
-                        r.seq_id
-                    )));
-                }
-                Ok(match r.outcome {
-                    Some(Outcome::Logits(bytes)) => SeqOutcome::Logits(bytes),
-                    Some(Outcome::Error(e)) => {
-                        SeqOutcome::Error { kind: error_kind(e.code), message: e.message }
-                    }
-                    None => SeqOutcome::Error { kind: SeqErrorKind::Invalid, message: "no outcome".into() },
-                })
-            })
-            .collect::<Result<Vec<_>, CallError>>()?;
+        let outcomes = outcomes_of(resp, &ids)?;
         Ok((outcomes, forward, wire_bytes))
+    }
+
+    /// One `FetchRows` call on one member: the full rows it kept from the sparse step, one outcome
+    /// per id in order, and the bytes of the request and the reply.
+    #[tracing::instrument(name = "router.worker_fetch_rows", skip_all,
+        fields(worker = %slot.label, url = %member.url, seqs = seq_ids.len()))]
+    pub(super) async fn fetch_rows_on(
+        &self,
+        slot: &Slot,
+        member: &Member,
+        seq_ids: Vec<u64>,
+        logits_len: u32,
+        dtype: WireDtype,
+    ) -> Result<(Vec<SeqOutcome>, u64), CallError> {
+        let req = FetchRowsRequest {
+            reward_name: slot.reward_name.clone(),
+            seq_ids: seq_ids.clone(),
+            logits_dtype: proto_dtype(dtype) as i32,
+            logits_len,
+        };
+        let request_bytes = req.encoded_len() as u64;
+        let mut client = member.client.clone();
+        let resp =
+            tokio::time::timeout(self.step_timeout, client.fetch_rows(genarm_telemetry::traced_request(req)))
+                .await
+                .map_err(|_| CallError::Timeout {
+                    call: "FetchRows",
+                    limit: self.step_timeout,
+                    hint: " (--step-timeout-secs): the worker is stalled or overloaded",
+                })?
+                .map_err(|s| CallError::from_status(&s))?
+                .into_inner();
+        let wire_bytes = request_bytes + resp.encoded_len() as u64;
+        let outcomes = outcomes_of(resp, &seq_ids)?;
+        if let Some(i) = outcomes.iter().position(|o| matches!(o, SeqOutcome::Sparse(_))) {
+            return Err(CallError::Protocol(format!(
+                "answered FetchRows with a certificate for sequence {} instead of its row",
+                seq_ids[i]
+            )));
+        }
+        Ok((outcomes, wire_bytes))
     }
 
     /// One `Release` call on one member, within `timeout`.
@@ -101,6 +129,33 @@ impl Workers {
             .map(|_| ())
             .map_err(|s| CallError::from_status(&s))
     }
+}
+
+/// A reply's per-sequence outcomes, checked against the ids asked for (same count, same order).
+fn outcomes_of(resp: StepResponse, ids: &[u64]) -> Result<Vec<SeqOutcome>, CallError> {
+    if resp.results.len() != ids.len() {
+        return Err(CallError::Protocol(format!(
+            "answered {} results for a call of {} sequences",
+            resp.results.len(),
+            ids.len()
+        )));
+    }
+    resp.results.into_iter().zip(ids).map(|(r, &id)| outcome_of(r, id)).collect::<Result<Vec<_>, CallError>>()
+}
+
+/// One sequence's outcome.
+fn outcome_of(r: SeqResult, id: u64) -> Result<SeqOutcome, CallError> {
+    if r.seq_id != id {
+        return Err(CallError::Protocol(format!("answered sequence {} where {id} was expected", r.seq_id)));
+    }
+    Ok(match r.outcome {
+        Some(Outcome::Logits(bytes)) => SeqOutcome::Logits(bytes),
+        Some(Outcome::Sparse(SparseLogits { ids, logits, max, log_sum, outside_max, tail_log_sum })) => {
+            SeqOutcome::Sparse(SparseRow { ids, logits, max, log_sum, outside_max, tail_log_sum })
+        }
+        Some(Outcome::Error(e)) => SeqOutcome::Error { kind: error_kind(e.code), message: e.message },
+        None => SeqOutcome::Error { kind: SeqErrorKind::Invalid, message: "no outcome".into() },
+    })
 }
 
 /// The proto enum for a wire dtype.

@@ -19,7 +19,7 @@ use super::backend::ModelIndex;
 use super::catalog::{check_arm, Catalog, ModelEntry};
 use super::config::WorkersConfig;
 use super::pool::{Identity, Member, Workers};
-use super::probe::{check_discovered, check_info, clients, probe};
+use super::probe::{check_discovered, check_info, check_wire, clients, probe};
 
 /// A worker the pool learnt about: from a flag or from etcd.
 #[derive(Debug, Clone)]
@@ -237,6 +237,7 @@ impl Membership {
         } else {
             check_discovered(info, slot_name, &c.url)?;
         }
+        check_wire(info, self.cfg.logits_wire, &c.url)?;
         let text = ModelText::new(
             &info.model_id,
             &info.tokenizer_json,

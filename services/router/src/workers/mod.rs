@@ -17,7 +17,7 @@
 //!   is ready, and the step replays them there (failover); with no ready member left the call
 //!   fails as a whole (the scheduler then holds the affected requests for
 //!   `--worker-restart-grace-secs` and replays them once a member is ready).
-//! - `grpc`: the `Step` and `Release` calls to one member.
+//! - `grpc`: the `Step`, `FetchRows` and `Release` calls to one member.
 //! - [`error`]: [`CallError`] (by kind: transport, timeout, gRPC status, protocol) and
 //!   [`CatalogError`].
 
@@ -31,7 +31,8 @@ mod pool;
 mod probe;
 
 pub use backend::{
-    Bytes, ModelIndex, SeqErrorKind, SeqOutcome, SeqStep, StepBackend, StepReply, WorkerHealth,
+    Bytes, LogitsWire, ModelIndex, SeqErrorKind, SeqOutcome, SeqStep, SparseRow, StepBackend, StepReply,
+    WorkerHealth,
 };
 pub use catalog::{Catalog, ModelEntry};
 pub use config::{EtcdConfig, WorkersConfig};

@@ -16,7 +16,9 @@ use tokio::sync::Notify;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 
-use super::backend::{ModelIndex, SeqErrorKind, SeqOutcome, SeqStep, StepBackend, StepReply, WorkerHealth};
+use super::backend::{
+    LogitsWire, ModelIndex, SeqErrorKind, SeqOutcome, SeqStep, StepBackend, StepReply, WorkerHealth,
+};
 use super::catalog::Catalog;
 use super::config::WorkersConfig;
 use super::error::CallError;
@@ -272,6 +274,7 @@ impl StepBackend for Workers {
         seqs: Vec<SeqStep>,
         logits_len: u32,
         dtype: WireDtype,
+        wire: LogitsWire,
     ) -> Result<StepReply, CallError> {
         let slot = self.slots.get(model).ok_or(CallError::UnknownModel(model))?;
         let n = seqs.len();
@@ -322,7 +325,7 @@ impl StepBackend for Workers {
         }
         let calls = groups.into_iter().map(|(member, group)| async move {
             let (idx, steps): (Vec<usize>, Vec<SeqStep>) = group.into_iter().unzip();
-            let r = self.step_on(slot, &member, steps, logits_len, dtype).await;
+            let r = self.step_on(slot, &member, steps, logits_len, dtype, wire).await;
             (member, idx, r)
         });
         let mut last_error = None;
@@ -381,6 +384,70 @@ impl StepBackend for Workers {
         Ok(StepReply { outcomes, forward, wire_bytes })
     }
 
+    async fn fetch_rows(
+        &self,
+        model: ModelIndex,
+        seq_ids: Vec<u64>,
+        logits_len: u32,
+        dtype: WireDtype,
+    ) -> Result<(Vec<SeqOutcome>, u64), CallError> {
+        let slot = self.slots.get(model).ok_or(CallError::UnknownModel(model))?;
+        let mut outcomes: Vec<Option<SeqOutcome>> = vec![None; seq_ids.len()];
+        // From the member that served the step: a sequence whose member is gone is lost there.
+        let mut groups: Vec<FetchGroup> = Vec::new();
+        {
+            let placements = slot.placements();
+            for (i, &id) in seq_ids.iter().enumerate() {
+                match placements.get(&id) {
+                    Some(m) if m.usable() => match groups.iter_mut().find(|(g, _)| Arc::ptr_eq(g, m)) {
+                        Some((_, g)) => g.push((i, id)),
+                        None => groups.push((Arc::clone(m), vec![(i, id)])),
+                    },
+                    _ => {
+                        outcomes[i] = Some(SeqOutcome::Error {
+                            kind: SeqErrorKind::ReplicaLost,
+                            message: format!("the {} replica holding its row is gone", slot.label),
+                        })
+                    }
+                }
+            }
+        }
+        let calls = groups.into_iter().map(|(member, group)| async move {
+            let (idx, ids): (Vec<usize>, Vec<u64>) = group.into_iter().unzip();
+            let r = self.fetch_rows_on(slot, &member, ids, logits_len, dtype).await;
+            (member, idx, r)
+        });
+        let mut wire_bytes = 0;
+        for (member, idx, r) in futures::future::join_all(calls).await {
+            match r {
+                Ok((outs, bytes)) => {
+                    wire_bytes += bytes;
+                    for (i, o) in idx.into_iter().zip(outs) {
+                        outcomes[i] = Some(o);
+                    }
+                }
+                Err(e) => {
+                    for i in idx {
+                        outcomes[i] = Some(SeqOutcome::Error {
+                            kind: SeqErrorKind::ReplicaLost,
+                            message: format!(
+                                "the {} replica at {} failed FetchRows: {e}",
+                                slot.label, member.url
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        let outcomes = outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or(SeqOutcome::Error { kind: SeqErrorKind::Invalid, message: "no outcome".into() })
+            })
+            .collect();
+        Ok((outcomes, wire_bytes))
+    }
+
     async fn release(&self, model: ModelIndex, seq_ids: Vec<u64>) -> Result<(), CallError> {
         let slot = self.slots.get(model).ok_or(CallError::UnknownModel(model))?;
         let timeout = self.call_timeout.min(Duration::from_secs(10));
@@ -409,6 +476,9 @@ impl StepBackend for Workers {
         first
     }
 }
+
+/// The sequences of one row fetch held by one member: (index in the fetch, the sequence id).
+type FetchGroup = (Arc<Member>, Vec<(usize, u64)>);
 
 /// The sequences of one step placed on one member: (index in the step, the sequence).
 type PlacedGroup = (Arc<Member>, Vec<(usize, SeqStep)>);

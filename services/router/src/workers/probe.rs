@@ -12,6 +12,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
+use super::backend::LogitsWire;
 use super::error::CallError;
 
 /// Clients for one URL (the channel connects lazily and reconnects by itself), over mutual TLS
@@ -102,6 +103,30 @@ pub(super) fn check_info(info: &InfoResponse, reward_name: Option<&str>, url: &s
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// Checks that a worker can answer steps with the router's logits wire (every worker sends full
+/// rows; the sparse wire needs a worker that lists it in `Info.logits_wires`).
+pub(super) fn check_wire(info: &InfoResponse, wire: LogitsWire, url: &str) -> anyhow::Result<()> {
+    let sparse = genarm_proto::v1::LogitsWire::Sparse as i32;
+    if matches!(wire, LogitsWire::Sparse { .. }) && !info.logits_wires.contains(&sparse) {
+        let theirs: Vec<&str> = std::iter::once("full")
+            .chain(info.logits_wires.iter().filter(|&&w| w == sparse).map(|_| "sparse"))
+            .collect();
+        bail!(
+            "this router runs --logits-wire sparse, but the worker at {url} (model {}, {}) answers only \
+             with the {} wire: upgrade the worker to a genarm release with the sparse wire, or run the \
+             router with --logits-wire full",
+            info.model_id,
+            if info.reward_name.is_empty() {
+                "the base".to_string()
+            } else {
+                format!("reward model \"{}\"", info.reward_name)
+            },
+            theirs.join(", ")
+        );
     }
     Ok(())
 }

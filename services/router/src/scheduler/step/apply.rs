@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::call::ModelReply;
 use super::{Fate, Scheduler};
+use crate::scheduler::seq::ModelRow;
 use crate::scheduler::{SchedulerError, MAX_REPLAYS};
 use crate::workers::{SeqErrorKind, SeqOutcome, StepBackend};
 
@@ -42,7 +43,7 @@ impl<B: StepBackend> Scheduler<B> {
             let outcomes = match result {
                 Ok(reply) if reply.outcomes.len() == list.len() => {
                     applied.slowest_forward = applied.slowest_forward.max(reply.forward);
-                    self.metrics.step_wire_bytes.increment(reply.wire_bytes);
+                    self.metrics.wire_bytes(m, reply.wire_bytes);
                     reply.outcomes
                 }
                 Ok(reply) => {
@@ -63,7 +64,12 @@ impl<B: StepBackend> Scheduler<B> {
                     SeqOutcome::Logits(bytes) => {
                         let sm = &mut seq.models[slot];
                         sm.pos = target as u32;
-                        sm.logits = Some(bytes);
+                        sm.logits = Some(ModelRow::Packed(bytes));
+                    }
+                    SeqOutcome::Sparse(row) => {
+                        let sm = &mut seq.models[slot];
+                        sm.pos = target as u32;
+                        sm.logits = Some(ModelRow::Sparse(row));
                     }
                     SeqOutcome::Error { kind: SeqErrorKind::KvExhausted, .. } => {
                         if !applied.kv_exhausted.contains(&si) {

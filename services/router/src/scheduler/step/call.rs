@@ -28,6 +28,7 @@ impl<B: StepBackend> Scheduler<B> {
     ) -> impl Future<Output = Vec<ModelReply>> + Send + 'static {
         let vocab = self.cfg.vocab as u32;
         let dtype = self.cfg.dtype;
+        let wire = self.cfg.wire;
         let backend = Arc::clone(&self.backend);
         let calls: Vec<_> = payloads
             .into_iter()
@@ -37,7 +38,7 @@ impl<B: StepBackend> Scheduler<B> {
                 let backend = Arc::clone(&backend);
                 async move {
                     let started = Instant::now();
-                    let result = backend.step(model, seqs, vocab, dtype).await;
+                    let result = backend.step(model, seqs, vocab, dtype, wire).await;
                     ModelReply { model, result, elapsed: started.elapsed() }
                 }
             })

@@ -4,11 +4,15 @@
 //!    the batch's requests need;
 //! 3. [`apply`]: per-sequence outcomes (replay, failover, KV exhaustion → requeue or preempt the
 //!    youngest, a failed worker fails only the requests that used it);
-//! 4. [`sample`]: fuse (docs/architecture.md §1), sample, detokenize, stop, emit;
-//! 5. [`finish`]: finished, failed and preempted sequences leave and are released everywhere.
+//! 4. [`sample`]: certify from the sparse wire's certificates, or fuse (docs/architecture.md §1)
+//!    and sample; detokenize, stop, emit;
+//! 5. [`fetch`]: the sequences the sparse wire could not certify get their full rows from every
+//!    model and take the full path (docs/architecture.md §3.4);
+//! 6. [`finish`]: finished, failed and preempted sequences leave and are released everywhere.
 
 mod apply;
 mod call;
+mod fetch;
 mod finish;
 mod plan;
 mod sample;
@@ -55,7 +59,20 @@ impl<B: StepBackend> Scheduler<B> {
         if !applied.kv_exhausted.is_empty() {
             self.handle_kv_exhaustion(applied.kv_exhausted, &targets, &mut fates);
         }
-        self.sample_ready(&mut fates);
+        let need_rows = self.sample_ready(&mut fates);
+        if !need_rows.is_empty() {
+            self.fetch_rows(&need_rows, &mut fates).await;
+            let started = Instant::now();
+            for si in need_rows {
+                if fates.contains_key(&si) {
+                    continue;
+                }
+                if let Some(fate) = self.sample_full(si) {
+                    fates.insert(si, fate);
+                }
+            }
+            self.metrics.fusion_sampling.record(started.elapsed().as_secs_f64());
+        }
         self.finish_step(fates, applied.replay_release).await;
 
         self.metrics.batch_size.set(self.running.len() as f64);

@@ -1,21 +1,25 @@
-//! Phase 5 of a step: for each sequence whose logits are all in, unpack them, fuse
-//! (docs/architecture.md §1), sample with the sequence's own sampler, detokenize, check EOS,
-//! stop strings, `max_tokens` and the context, and emit the token.
+//! Phase 5 of a step: for each sequence whose logits are all in, certify its token from the
+//! sparse wire's certificates (docs/architecture.md §3.4), or unpack the full rows, fuse
+//! (docs/architecture.md §1) and sample with the sequence's own sampler; then detokenize, check
+//! EOS, stop strings, `max_tokens` and the context, and emit the token.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use genarm_fusion::{fuse, top_logprobs, unpack, ArmTerm, FusionError};
+use genarm_fusion::{fuse, top_logprobs, unpack, ArmTerm, FusionError, RowCertificate, Sampled};
 
 use super::{Fate, Scheduler};
+use crate::scheduler::seq::{ModelRow, SeqModel};
 use crate::scheduler::{Event, FinishReason, SchedulerError};
 use crate::workers::StepBackend;
 
 impl<B: StepBackend> Scheduler<B> {
-    /// Samples every sequence of the batch that has all its logits and no fate yet.
-    pub(super) fn sample_ready(&mut self, fates: &mut BTreeMap<usize, Fate>) {
+    /// Samples every sequence of the batch that has all its logits and no fate yet. Returns the
+    /// sequences whose token the sparse wire could not certify: their full rows must be fetched.
+    pub(super) fn sample_ready(&mut self, fates: &mut BTreeMap<usize, Fate>) -> Vec<usize> {
         let started = Instant::now();
+        let mut need_rows = Vec::new();
         for si in 0..self.running.len() {
             if fates.contains_key(&si) {
                 continue;
@@ -23,15 +27,78 @@ impl<B: StepBackend> Scheduler<B> {
             if self.running[si].models.iter().any(|m| m.logits.is_none()) {
                 continue;
             }
-            if let Some(fate) = self.sample_one(si) {
-                fates.insert(si, fate);
+            match self.choose(si) {
+                Ok(Some(choice)) => {
+                    if let Some(fate) = self.emit(si, choice) {
+                        fates.insert(si, fate);
+                    }
+                }
+                Ok(None) => need_rows.push(si),
+                Err(fate) => {
+                    fates.insert(si, fate);
+                }
             }
         }
         self.metrics.fusion_sampling.record(started.elapsed().as_secs_f64());
+        need_rows
     }
 
-    /// Fuses and samples sequence `si`, emits its token; returns its fate when it ends.
-    pub(super) fn sample_one(&mut self, si: usize) -> Option<Fate> {
+    /// Fuses and samples sequence `si` from full rows (after a fetch) and emits its token; returns
+    /// its fate when it ends.
+    pub(super) fn sample_full(&mut self, si: usize) -> Option<Fate> {
+        match self.choose(si) {
+            Ok(Some(choice)) => self.emit(si, choice),
+            Ok(None) => {
+                Some(Fate::Fail(SchedulerError::Internal("a fetched row was still a certificate".into())))
+            }
+            Err(fate) => Some(fate),
+        }
+    }
+
+    /// The token of sequence `si`: certified from the sparse wire's certificates when every model
+    /// sent one, else fused and sampled from the full rows; `None` when the rows must be fetched.
+    fn choose(&mut self, si: usize) -> Result<Option<Choice>, Fate> {
+        let seq = &self.running[si];
+        let sparse = seq.models.iter().filter(|m| matches!(m.logits, Some(ModelRow::Sparse(_)))).count();
+        if sparse == 0 {
+            return self.choose_full(si).map(Some);
+        }
+        if sparse < seq.models.len() {
+            // A worker sent its whole row (one its certificate cannot describe, e.g. NaN): the
+            // others' rows are fetched so that the full path decides, and reports, as always.
+            self.metrics.sparse_fallback("full_row");
+            return Ok(None);
+        }
+        if seq.top_logprobs.is_some_and(|k| k > 0) {
+            self.metrics.sparse_fallback("top_logprobs");
+            return Ok(None);
+        }
+        let backend = Arc::clone(&self.backend);
+        let seq = &mut self.running[si];
+        let base = row(&seq.models[0]);
+        let arms: Vec<_> = seq.models[1..].iter().map(|m| (m.alpha, row(m))).collect();
+        let want_logprob = seq.top_logprobs.is_some();
+        match seq.sampler.sample_certified(&base, &arms, self.cfg.vocab, want_logprob) {
+            Ok(Ok(c)) => {
+                self.metrics.sparse_certified.increment(1);
+                for m in &mut seq.models {
+                    m.logits = None;
+                }
+                Ok(Some(Choice { token: c.token, logprob: c.logprob.unwrap_or(f32::NAN), top: Vec::new() }))
+            }
+            Ok(Err(why)) => {
+                self.metrics.sparse_fallback(why.label());
+                Ok(None)
+            }
+            Err(e) => {
+                let name = |i: usize| backend.display_name(seq.models.get(i).map(|m| m.model).unwrap_or(0));
+                Err(Fate::Fail(fusion_error(e, name)))
+            }
+        }
+    }
+
+    /// The full path: unpack every row, fuse, sample.
+    fn choose_full(&mut self, si: usize) -> Result<Choice, Fate> {
         let vocab = self.cfg.vocab;
         let dtype = self.cfg.dtype;
         let backend = Arc::clone(&self.backend);
@@ -41,9 +108,12 @@ impl<B: StepBackend> Scheduler<B> {
             self.scratch.resize_with(n, || vec![0.0; vocab]);
         }
         for (slot, sm) in seq.models.iter_mut().enumerate() {
-            let bytes = sm.logits.take().unwrap_or_default();
+            let bytes = match sm.logits.take() {
+                Some(ModelRow::Packed(b)) => b,
+                _ => Default::default(),
+            };
             if let Err(e) = unpack(&bytes, dtype, vocab, &mut self.scratch[slot]) {
-                return Some(Fate::Fail(SchedulerError::WorkerFailed {
+                return Err(Fate::Fail(SchedulerError::WorkerFailed {
                     worker: backend.display_name(sm.model),
                     message: format!("sent malformed logits: {e}"),
                 }));
@@ -56,16 +126,25 @@ impl<B: StepBackend> Scheduler<B> {
             .collect();
         let model_name = |i: usize| backend.display_name(seq.models.get(i).map(|m| m.model).unwrap_or(0));
         if let Err(e) = fuse(&self.scratch[0], &arms, &mut self.fused) {
-            return Some(Fate::Fail(fusion_error(e, model_name)));
+            return Err(Fate::Fail(fusion_error(e, model_name)));
         }
         let sampled = match seq.sampler.sample(&self.fused) {
             Ok(s) => s,
-            Err(e) => return Some(Fate::Fail(SchedulerError::Internal(format!("sampling failed: {e}")))),
+            Err(e) => return Err(Fate::Fail(SchedulerError::Internal(format!("sampling failed: {e}")))),
         };
         let top = match seq.top_logprobs {
             Some(k) if k > 0 => top_logprobs(&self.fused, k).unwrap_or_default(),
             _ => Vec::new(),
         };
+        Ok(Choice { token: sampled.token, logprob: sampled.logprob, top })
+    }
+
+    /// Appends sequence `si`'s token, detokenizes, checks the stops and emits it; returns its fate
+    /// when it ends.
+    fn emit(&mut self, si: usize, choice: Choice) -> Option<Fate> {
+        let Choice { token, logprob, top } = choice;
+        let sampled = Sampled { token, logprob };
+        let seq = &mut self.running[si];
         seq.prefilling = false;
         seq.generated.push(sampled.token);
         let now = Instant::now();
@@ -115,6 +194,23 @@ impl<B: StepBackend> Scheduler<B> {
     }
 }
 
+/// A model's certificate (every row is one when this is called).
+fn row(m: &SeqModel) -> RowCertificate<'_> {
+    match &m.logits {
+        Some(ModelRow::Sparse(r)) => r.certificate(),
+        _ => unreachable!("every row is a certificate here"),
+    }
+}
+
+/// A sequence's token for this step.
+struct Choice {
+    token: u32,
+    /// Its log-probability (NaN when the request did not ask for it and the sparse wire did not
+    /// compute it).
+    logprob: f32,
+    top: Vec<(u32, f32)>,
+}
+
 /// Maps a fusion error to the client error, naming the model at fault.
 fn fusion_error(e: FusionError, model_name: impl Fn(usize) -> String) -> SchedulerError {
     match &e {
@@ -125,6 +221,10 @@ fn fusion_error(e: FusionError, model_name: impl Fn(usize) -> String) -> Schedul
                  sampling (a worker must send finite logits, or -inf for masked tokens): check that worker's \
                  model and device"
             ),
+        },
+        FusionError::BadCertificate { model_index, .. } => SchedulerError::WorkerFailed {
+            worker: model_name(*model_index),
+            message: format!("{e}; the request was stopped before sampling: check that worker's release"),
         },
         FusionError::AllMasked { model_index } | FusionError::ShortLogits { model_index, .. } => {
             SchedulerError::WorkerFailed { worker: model_name(*model_index), message: e.to_string() }

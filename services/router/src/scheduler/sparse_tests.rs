@@ -1,0 +1,181 @@
+//! The sparse logits wire in the scheduler against the full wire, on the in-process fake
+//! backend: identical tokens and log-probabilities for every sampling mode, guided or not, with
+//! fallbacks to fetched rows (negative weights, `top_logprobs`, uncertified draws), a fetch that
+//! fails (replayed, nothing lost) and a worker whose row cannot be certified.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use genarm_fusion::{SamplingParams, WireDtype};
+use tokio::sync::{mpsc, watch};
+
+use crate::scheduler::{ArmRequest, Event, GenRequest, Scheduler, SchedulerConfig, SchedulerHandle};
+use crate::testing::{FakeBackend, FakeText};
+use crate::workers::LogitsWire;
+
+const V: usize = 256;
+
+fn config(wire: LogitsWire) -> SchedulerConfig {
+    SchedulerConfig {
+        vocab: V,
+        eos: vec![0],
+        max_context: 4096,
+        dtype: WireDtype::F32,
+        wire,
+        max_batch_size: 32,
+        max_batch_tokens: 4096,
+        max_waiting: 64,
+    }
+}
+
+fn start(wire: LogitsWire) -> (Arc<FakeBackend>, SchedulerHandle, watch::Sender<bool>) {
+    let backend = Arc::new(FakeBackend::new(3, V, 100_000));
+    let (abort_tx, abort) = watch::channel(false);
+    let (sched, handle) = Scheduler::new(Arc::clone(&backend), config(wire), abort);
+    tokio::spawn(sched.run());
+    (backend, handle, abort_tx)
+}
+
+/// Every token event's (token, logprob bits, top list) and whether the request finished.
+type Stream = (Vec<(u32, Option<u32>, Vec<(u32, u32)>)>, Result<(), String>);
+
+async fn collect(mut rx: mpsc::UnboundedReceiver<Event>) -> Stream {
+    let mut out = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.expect("event within 20 s");
+        match ev.expect("channel open until the last event") {
+            Event::Token { token, logprob, top, .. } => out.push((
+                token,
+                logprob.map(f32::to_bits),
+                top.iter().map(|&(t, l)| (t, l.to_bits())).collect(),
+            )),
+            Event::Finished { .. } => return (out, Ok(())),
+            Event::Failed(e) => return (out, Err(e.to_string())),
+        }
+    }
+}
+
+/// A request's base prompt, ARMs, sampling parameters and `top_logprobs`.
+type Request = (Vec<u32>, Vec<ArmRequest>, SamplingParams, Option<usize>);
+
+/// The request mix: every sampling mode, 0 to 2 ARMs, one negative weight, logprobs.
+fn requests() -> Vec<Request> {
+    let mut out = Vec::new();
+    let modes = [
+        SamplingParams { temperature: 0.0, ..Default::default() },
+        SamplingParams { temperature: 0.7, top_p: Some(0.9), ..Default::default() },
+        SamplingParams { temperature: 1.0, ..Default::default() },
+        SamplingParams { temperature: 0.8, top_k: Some(5), ..Default::default() },
+    ];
+    for (i, mode) in modes.into_iter().enumerate() {
+        for n_arms in 0..3usize {
+            for logprobs in [None, Some(0), Some(3)] {
+                let seed = (i * 10 + n_arms) as u64;
+                let arms = (0..n_arms)
+                    .map(|a| ArmRequest {
+                        model: a + 1,
+                        alpha: [1.5, 0.5][a],
+                        prompt: vec![9, a as u32 + 3, 4],
+                    })
+                    .collect();
+                out.push((vec![3, 4, seed as u32 + 10], arms, SamplingParams { seed, ..mode }, logprobs));
+            }
+        }
+    }
+    out.push((
+        vec![7, 7],
+        vec![ArmRequest { model: 1, alpha: -0.5, prompt: vec![7] }],
+        SamplingParams { temperature: 0.7, top_p: Some(0.9), seed: 5, ..Default::default() },
+        None,
+    ));
+    out
+}
+
+async fn run_all(handle: &SchedulerHandle) -> Vec<Stream> {
+    let rxs: Vec<_> = requests()
+        .into_iter()
+        .map(|(prompt, arms, sampling, top_logprobs)| {
+            let r = GenRequest {
+                request_id: "cmpl-sparse".into(),
+                base_prompt: prompt,
+                arms,
+                sampling,
+                max_tokens: 24,
+                top_logprobs,
+                text: FakeText::new(None),
+            };
+            handle.submit(r).unwrap()
+        })
+        .collect();
+    let mut out = Vec::new();
+    for rx in rxs {
+        out.push(collect(rx).await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_sparse_wire_streams_exactly_what_the_full_wire_streams() {
+    let (_full_backend, full, _a) = start(LogitsWire::Full);
+    let want = run_all(&full).await;
+    // The fake's rows are flat (uniform over a grid), the hardest case for certificates: a
+    // quarter of the vocabulary per certificate leaves a tail the bounds can still handle.
+    let (backend, sparse, _b) = start(LogitsWire::Sparse { candidates: 64 });
+    let got = run_all(&sparse).await;
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(w.1.is_ok(), "request {i} failed on the full wire: {:?}", w.1);
+        assert_eq!(g, w, "request {i}: {:?}", requests()[i].2);
+    }
+    // Both paths ran: some tokens certified (at least the greedy ones without logprobs), others
+    // fetched (logprobs, negative weight, and draws the flat rows leave unproven).
+    let steps: usize = backend.state(0).steps.iter().map(Vec::len).sum();
+    let fetched: usize = backend.state(0).fetches.iter().map(Vec::len).sum();
+    assert!(fetched > 0, "no row was ever fetched");
+    assert!(steps - fetched >= 48, "{fetched} of {steps} base rows fetched: too few certified");
+}
+
+#[tokio::test]
+async fn a_failed_row_fetch_replays_the_sequence_and_loses_nothing() {
+    let (_fb, full, _a) = start(LogitsWire::Full);
+    let (backend, sparse, _b) = start(LogitsWire::Sparse { candidates: 8 });
+    // top_logprobs always needs the full rows: the first fetch of the base fails.
+    backend.state(0).fail_fetches = 1;
+    let req = |h: &SchedulerHandle| {
+        h.submit(GenRequest {
+            request_id: "cmpl-fetch".into(),
+            base_prompt: vec![1, 2, 3],
+            arms: vec![ArmRequest { model: 1, alpha: 1.0, prompt: vec![1, 2] }],
+            sampling: SamplingParams { temperature: 0.7, seed: 9, ..Default::default() },
+            max_tokens: 10,
+            top_logprobs: Some(2),
+            text: FakeText::new(None),
+        })
+        .unwrap()
+    };
+    let want = collect(req(&full)).await;
+    let got = collect(req(&sparse)).await;
+    assert!(want.1.is_ok());
+    assert_eq!(got, want);
+    assert_eq!(backend.state(0).fail_fetches, 0, "the failure was injected and met");
+}
+
+#[tokio::test]
+async fn a_row_the_worker_could_not_certify_fails_as_on_the_full_wire() {
+    for wire in [LogitsWire::Full, LogitsWire::Sparse { candidates: 8 }] {
+        let (backend, handle, _a) = start(wire);
+        backend.state(1).nan_next = true;
+        let rx = handle
+            .submit(GenRequest {
+                request_id: "cmpl-nan".into(),
+                base_prompt: vec![1, 2],
+                arms: vec![ArmRequest { model: 1, alpha: 1.0, prompt: vec![1, 2] }],
+                sampling: SamplingParams { temperature: 0.0, ..Default::default() },
+                max_tokens: 5,
+                top_logprobs: None,
+                text: FakeText::new(None),
+            })
+            .unwrap();
+        let err = collect(rx).await.1.unwrap_err();
+        assert!(err.contains("arm1") && err.contains("non-finite"), "{wire:?}: {err}");
+    }
+}
