@@ -120,6 +120,11 @@ pub struct Args {
         value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub sparse_candidates: u32,
 
+    /// Threads that fuse, sample and detokenize each step's sequences, in parallel and off the
+    /// async runtime (0: one per available core).
+    #[arg(long, env = "GENARM_SAMPLING_THREADS", value_name = "N", default_value_t = 0)]
+    pub sampling_threads: usize,
+
     /// Most stop strings one request may give.
     #[arg(long, env = "GENARM_MAX_STOP_SEQUENCES", value_name = "N", default_value_t = 4)]
     pub max_stop_sequences: usize,

@@ -245,6 +245,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             max_context: catalog.max_context,
             dtype: wire_dtype(args.logits_dtype),
             wire: logits_wire(&args),
+            sampling_threads: args.sampling_threads,
             max_batch_size: args.max_batch_size as usize,
             max_batch_tokens: args.max_batch_tokens as usize,
             max_waiting: args.max_waiting,

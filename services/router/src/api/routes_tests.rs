@@ -57,6 +57,7 @@ pub(crate) async fn serve_catalog(
             max_context: catalog.max_context,
             dtype: WireDtype::F32,
             wire: crate::workers::LogitsWire::Full,
+            sampling_threads: 2,
             max_batch_size: 8,
             max_batch_tokens: 4096,
             max_waiting,

@@ -50,6 +50,8 @@ pub struct SchedulerConfig {
     pub dtype: WireDtype,
     /// Full rows or certificates (docs/architecture.md §3.4).
     pub wire: LogitsWire,
+    /// Threads that fuse, sample and detokenize (0: one per available core).
+    pub sampling_threads: usize,
     /// Most sequences in a step.
     pub max_batch_size: usize,
     /// Prefill token budget per step.
@@ -75,9 +77,8 @@ pub struct Scheduler<B: StepBackend> {
     pub(crate) solo_next: bool,
     next_seq_id: Arc<AtomicU64>,
     next_arrival: u64,
-    /// Scratch: unpacked logits per fused model slot, and the fused output.
-    pub(crate) scratch: Vec<Vec<f32>>,
-    pub(crate) fused: Vec<f32>,
+    /// The threads that fuse, sample and detokenize a step's sequences.
+    pub(crate) sampling_pool: Arc<rayon::ThreadPool>,
     /// Counters for tests and metrics.
     pub(crate) stats: Arc<SchedulerStats>,
     /// Prometheus handles.
@@ -114,8 +115,18 @@ impl<B: StepBackend> Scheduler<B> {
             permits: Arc::new(Semaphore::new(cfg.max_waiting)),
             max_waiting: cfg.max_waiting,
         };
-        let fused = vec![0.0; cfg.vocab];
         let metrics = SchedMetrics::new();
+        let threads = match cfg.sampling_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let sampling_pool = Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(|i| format!("genarm-sampling-{i}"))
+                .build()
+                .expect("spawning the sampling threads"),
+        );
         let sched = Scheduler {
             backend,
             cfg,
@@ -127,8 +138,7 @@ impl<B: StepBackend> Scheduler<B> {
             solo_next: false,
             next_seq_id: Arc::new(AtomicU64::new(first_seq_id())),
             next_arrival: 0,
-            scratch: Vec::new(),
-            fused,
+            sampling_pool,
             stats: Arc::new(SchedulerStats::default()),
             metrics,
             restart_grace: Duration::ZERO,

@@ -22,6 +22,7 @@ fn config(wire: LogitsWire) -> SchedulerConfig {
         max_context: 4096,
         dtype: WireDtype::F32,
         wire,
+        sampling_threads: 2,
         max_batch_size: 32,
         max_batch_tokens: 4096,
         max_waiting: 64,

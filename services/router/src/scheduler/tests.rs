@@ -34,6 +34,7 @@ fn config() -> SchedulerConfig {
         max_context: 4096,
         dtype: WireDtype::F32,
         wire: crate::workers::LogitsWire::Full,
+        sampling_threads: 2,
         max_batch_size: 32,
         max_batch_tokens: 4096,
         max_waiting: 64,

@@ -62,16 +62,7 @@ impl<B: StepBackend> Scheduler<B> {
         let need_rows = self.sample_ready(&mut fates);
         if !need_rows.is_empty() {
             self.fetch_rows(&need_rows, &mut fates).await;
-            let started = Instant::now();
-            for si in need_rows {
-                if fates.contains_key(&si) {
-                    continue;
-                }
-                if let Some(fate) = self.sample_full(si) {
-                    fates.insert(si, fate);
-                }
-            }
-            self.metrics.fusion_sampling.record(started.elapsed().as_secs_f64());
+            self.sample_fetched(&need_rows, &mut fates);
         }
         self.finish_step(fates, applied.replay_release).await;
 

@@ -1,195 +1,258 @@
 //! Phase 5 of a step: for each sequence whose logits are all in, certify its token from the
 //! sparse wire's certificates (docs/architecture.md §3.4), or unpack the full rows, fuse
 //! (docs/architecture.md §1) and sample with the sequence's own sampler; then detokenize, check
-//! EOS, stop strings, `max_tokens` and the context, and emit the token.
+//! EOS, stop strings, `max_tokens` and the context, and emit the token. The sequences are spread
+//! over the scheduler's sampling pool (`--sampling-threads`), never run on the async runtime's
+//! threads: each sequence's work reads only its own rows and sampler, so the order in which the
+//! pool runs them changes nothing.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Instant;
 
 use genarm_fusion::{fuse, top_logprobs, unpack, ArmTerm, FusionError, RowCertificate, Sampled};
+use rayon::prelude::*;
 
 use super::{Fate, Scheduler};
-use crate::scheduler::seq::{ModelRow, SeqModel};
-use crate::scheduler::{Event, FinishReason, SchedulerError};
-use crate::workers::StepBackend;
+use crate::scheduler::seq::{ModelRow, Seq, SeqModel};
+use crate::scheduler::{Event, FinishReason, SchedulerConfig, SchedulerError};
+use crate::telemetry::SchedMetrics;
+use crate::workers::{StepBackend, WorkerHealth};
+
+thread_local! {
+    /// Per pool thread: unpacked rows per model slot, and the fused row.
+    static SCRATCH: RefCell<(Vec<Vec<f32>>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// What a sequence's turn in the pool decided.
+enum Turn {
+    /// Its token was emitted; it goes on, or ends with this fate.
+    Emitted(Option<Fate>),
+    /// The sparse wire could not certify its token: fetch its full rows.
+    NeedRows,
+    /// It fails (or ends) without a token.
+    Fate(Fate),
+}
+
+/// What every sequence's turn reads.
+struct Ctx<'a> {
+    cfg: &'a SchedulerConfig,
+    health: &'a dyn WorkerHealth,
+    metrics: &'a SchedMetrics,
+}
 
 impl<B: StepBackend> Scheduler<B> {
     /// Samples every sequence of the batch that has all its logits and no fate yet. Returns the
     /// sequences whose token the sparse wire could not certify: their full rows must be fetched.
     pub(super) fn sample_ready(&mut self, fates: &mut BTreeMap<usize, Fate>) -> Vec<usize> {
-        let started = Instant::now();
+        let ready: Vec<bool> = (0..self.running.len())
+            .map(|si| !fates.contains_key(&si) && self.running[si].models.iter().all(|m| m.logits.is_some()))
+            .collect();
         let mut need_rows = Vec::new();
-        for si in 0..self.running.len() {
-            if fates.contains_key(&si) {
-                continue;
-            }
-            if self.running[si].models.iter().any(|m| m.logits.is_none()) {
-                continue;
-            }
-            match self.choose(si) {
-                Ok(Some(choice)) => {
-                    if let Some(fate) = self.emit(si, choice) {
-                        fates.insert(si, fate);
-                    }
-                }
-                Ok(None) => need_rows.push(si),
-                Err(fate) => {
+        for (si, turn) in self.take_turns(&ready) {
+            match turn {
+                Turn::Emitted(Some(fate)) | Turn::Fate(fate) => {
                     fates.insert(si, fate);
                 }
+                Turn::Emitted(None) => {}
+                Turn::NeedRows => need_rows.push(si),
             }
         }
-        self.metrics.fusion_sampling.record(started.elapsed().as_secs_f64());
         need_rows
     }
 
-    /// Fuses and samples sequence `si` from full rows (after a fetch) and emits its token; returns
-    /// its fate when it ends.
-    pub(super) fn sample_full(&mut self, si: usize) -> Option<Fate> {
-        match self.choose(si) {
-            Ok(Some(choice)) => self.emit(si, choice),
-            Ok(None) => {
-                Some(Fate::Fail(SchedulerError::Internal("a fetched row was still a certificate".into())))
-            }
-            Err(fate) => Some(fate),
+    /// Fuses and samples the sequences `need` from the full rows fetched for them.
+    pub(super) fn sample_fetched(&mut self, need: &[usize], fates: &mut BTreeMap<usize, Fate>) {
+        let mut ready = vec![false; self.running.len()];
+        for &si in need {
+            ready[si] = !fates.contains_key(&si);
         }
-    }
-
-    /// The token of sequence `si`: certified from the sparse wire's certificates when every model
-    /// sent one, else fused and sampled from the full rows; `None` when the rows must be fetched.
-    fn choose(&mut self, si: usize) -> Result<Option<Choice>, Fate> {
-        let seq = &self.running[si];
-        let sparse = seq.models.iter().filter(|m| matches!(m.logits, Some(ModelRow::Sparse(_)))).count();
-        if sparse == 0 {
-            return self.choose_full(si).map(Some);
-        }
-        if sparse < seq.models.len() {
-            // A worker sent its whole row (one its certificate cannot describe, e.g. NaN): the
-            // others' rows are fetched so that the full path decides, and reports, as always.
-            self.metrics.sparse_fallback("full_row");
-            return Ok(None);
-        }
-        if seq.top_logprobs.is_some_and(|k| k > 0) {
-            self.metrics.sparse_fallback("top_logprobs");
-            return Ok(None);
-        }
-        let backend = Arc::clone(&self.backend);
-        let seq = &mut self.running[si];
-        let base = row(&seq.models[0]);
-        let arms: Vec<_> = seq.models[1..].iter().map(|m| (m.alpha, row(m))).collect();
-        let want_logprob = seq.top_logprobs.is_some();
-        match seq.sampler.sample_certified(&base, &arms, self.cfg.vocab, want_logprob) {
-            Ok(Ok(c)) => {
-                self.metrics.sparse_certified.increment(1);
-                for m in &mut seq.models {
-                    m.logits = None;
+        for (si, turn) in self.take_turns(&ready) {
+            match turn {
+                Turn::Emitted(Some(fate)) | Turn::Fate(fate) => {
+                    fates.insert(si, fate);
                 }
-                Ok(Some(Choice { token: c.token, logprob: c.logprob.unwrap_or(f32::NAN), top: Vec::new() }))
-            }
-            Ok(Err(why)) => {
-                self.metrics.sparse_fallback(why.label());
-                Ok(None)
-            }
-            Err(e) => {
-                let name = |i: usize| backend.display_name(seq.models.get(i).map(|m| m.model).unwrap_or(0));
-                Err(Fate::Fail(fusion_error(e, name)))
+                Turn::Emitted(None) => {}
+                Turn::NeedRows => {
+                    fates.insert(
+                        si,
+                        Fate::Fail(SchedulerError::Internal("a fetched row was still a certificate".into())),
+                    );
+                }
             }
         }
     }
 
-    /// The full path: unpack every row, fuse, sample.
-    fn choose_full(&mut self, si: usize) -> Result<Choice, Fate> {
-        let vocab = self.cfg.vocab;
-        let dtype = self.cfg.dtype;
-        let backend = Arc::clone(&self.backend);
-        let seq = &mut self.running[si];
-        let n = seq.models.len();
-        if self.scratch.len() < n {
-            self.scratch.resize_with(n, || vec![0.0; vocab]);
+    /// Runs the turn of every sequence marked in `ready` on the sampling pool, and records the
+    /// time in `genarm_fusion_sampling_seconds`.
+    fn take_turns(&mut self, ready: &[bool]) -> Vec<(usize, Turn)> {
+        let started = Instant::now();
+        let ctx = Ctx { cfg: &self.cfg, health: &*self.backend, metrics: &self.metrics };
+        let running = &mut self.running;
+        let pool = &self.sampling_pool;
+        let mut work = || -> Vec<(usize, Turn)> {
+            pool.install(|| {
+                running
+                    .par_iter_mut()
+                    .enumerate()
+                    .filter(|(si, _)| ready[*si])
+                    .map(|(si, seq)| (si, turn(seq, &ctx)))
+                    .collect()
+            })
+        };
+        // The actor's thread waits while the pool works; on a multi-threaded runtime tokio first
+        // hands this thread's other tasks to the others.
+        let turns = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+            _ => work(),
+        };
+        self.metrics.fusion_sampling.record(started.elapsed().as_secs_f64());
+        turns
+    }
+}
+
+/// One sequence's turn: choose its token, then emit it.
+fn turn(seq: &mut Seq, ctx: &Ctx<'_>) -> Turn {
+    match choose(seq, ctx) {
+        Ok(Some(choice)) => Turn::Emitted(emit(seq, choice, ctx)),
+        Ok(None) => Turn::NeedRows,
+        Err(fate) => Turn::Fate(fate),
+    }
+}
+
+/// The token of `seq`: certified from the sparse wire's certificates when every model sent one,
+/// else fused and sampled from the full rows; `None` when the rows must be fetched.
+fn choose(seq: &mut Seq, ctx: &Ctx<'_>) -> Result<Option<Choice>, Fate> {
+    let sparse = seq.models.iter().filter(|m| matches!(m.logits, Some(ModelRow::Sparse(_)))).count();
+    if sparse == 0 {
+        return choose_full(seq, ctx).map(Some);
+    }
+    if sparse < seq.models.len() {
+        // A worker sent its whole row (one its certificate cannot describe, e.g. NaN): the
+        // others' rows are fetched so that the full path decides, and reports, as always.
+        ctx.metrics.sparse_fallback("full_row");
+        return Ok(None);
+    }
+    if seq.top_logprobs.is_some_and(|k| k > 0) {
+        ctx.metrics.sparse_fallback("top_logprobs");
+        return Ok(None);
+    }
+    let base = row(&seq.models[0]);
+    let arms: Vec<_> = seq.models[1..].iter().map(|m| (m.alpha, row(m))).collect();
+    let want_logprob = seq.top_logprobs.is_some();
+    let outcome = seq.sampler.sample_certified(&base, &arms, ctx.cfg.vocab, want_logprob);
+    match outcome {
+        Ok(Ok(c)) => {
+            ctx.metrics.sparse_certified.increment(1);
+            for m in &mut seq.models {
+                m.logits = None;
+            }
+            Ok(Some(Choice { token: c.token, logprob: c.logprob.unwrap_or(f32::NAN), top: Vec::new() }))
         }
+        Ok(Err(why)) => {
+            ctx.metrics.sparse_fallback(why.label());
+            Ok(None)
+        }
+        Err(e) => {
+            let name = |i: usize| ctx.health.display_name(seq.models.get(i).map(|m| m.model).unwrap_or(0));
+            Err(Fate::Fail(fusion_error(e, name)))
+        }
+    }
+}
+
+/// The full path: unpack every row, fuse, sample (in this pool thread's scratch).
+fn choose_full(seq: &mut Seq, ctx: &Ctx<'_>) -> Result<Choice, Fate> {
+    let vocab = ctx.cfg.vocab;
+    SCRATCH.with_borrow_mut(|(rows, fused)| {
+        let n = seq.models.len();
+        if rows.len() < n {
+            rows.resize_with(n, Vec::new);
+        }
+        fused.resize(vocab, 0.0);
         for (slot, sm) in seq.models.iter_mut().enumerate() {
             let bytes = match sm.logits.take() {
                 Some(ModelRow::Packed(b)) => b,
                 _ => Default::default(),
             };
-            if let Err(e) = unpack(&bytes, dtype, vocab, &mut self.scratch[slot]) {
+            rows[slot].resize(vocab, 0.0);
+            if let Err(e) = unpack(&bytes, ctx.cfg.dtype, vocab, &mut rows[slot]) {
                 return Err(Fate::Fail(SchedulerError::WorkerFailed {
-                    worker: backend.display_name(sm.model),
+                    worker: ctx.health.display_name(sm.model),
                     message: format!("sent malformed logits: {e}"),
                 }));
             }
         }
         let arms: Vec<ArmTerm<'_>> = seq.models[1..]
             .iter()
-            .zip(&self.scratch[1..n])
+            .zip(&rows[1..n])
             .map(|(sm, l)| ArmTerm { alpha: sm.alpha, logits: l })
             .collect();
-        let model_name = |i: usize| backend.display_name(seq.models.get(i).map(|m| m.model).unwrap_or(0));
-        if let Err(e) = fuse(&self.scratch[0], &arms, &mut self.fused) {
+        let model_name = |i: usize| ctx.health.display_name(seq.models.get(i).map(|m| m.model).unwrap_or(0));
+        if let Err(e) = fuse(&rows[0], &arms, fused) {
             return Err(Fate::Fail(fusion_error(e, model_name)));
         }
-        let sampled = match seq.sampler.sample(&self.fused) {
+        let sampled = match seq.sampler.sample(fused) {
             Ok(s) => s,
             Err(e) => return Err(Fate::Fail(SchedulerError::Internal(format!("sampling failed: {e}")))),
         };
         let top = match seq.top_logprobs {
-            Some(k) if k > 0 => top_logprobs(&self.fused, k).unwrap_or_default(),
+            Some(k) if k > 0 => top_logprobs(fused, k).unwrap_or_default(),
             _ => Vec::new(),
         };
         Ok(Choice { token: sampled.token, logprob: sampled.logprob, top })
+    })
+}
+
+/// Appends `seq`'s token, detokenizes, checks the stops and emits it; returns its fate when it
+/// ends.
+fn emit(seq: &mut Seq, choice: Choice, ctx: &Ctx<'_>) -> Option<Fate> {
+    let Choice { token, logprob, top } = choice;
+    let sampled = Sampled { token, logprob };
+    let metrics = ctx.metrics;
+    let cfg = ctx.cfg;
+    seq.prefilling = false;
+    seq.generated.push(sampled.token);
+    let now = Instant::now();
+    match seq.last_token {
+        None => metrics.ttft.record(now.duration_since(seq.received).as_secs_f64()),
+        Some(last) => metrics.inter_token.record(now.duration_since(last).as_secs_f64()),
     }
+    seq.last_token = Some(now);
+    metrics.tokens.increment(1);
 
-    /// Appends sequence `si`'s token, detokenizes, checks the stops and emits it; returns its fate
-    /// when it ends.
-    fn emit(&mut self, si: usize, choice: Choice) -> Option<Fate> {
-        let Choice { token, logprob, top } = choice;
-        let sampled = Sampled { token, logprob };
-        let seq = &mut self.running[si];
-        seq.prefilling = false;
-        seq.generated.push(sampled.token);
-        let now = Instant::now();
-        match seq.last_token {
-            None => self.metrics.ttft.record(now.duration_since(seq.received).as_secs_f64()),
-            Some(last) => self.metrics.inter_token.record(now.duration_since(last).as_secs_f64()),
-        }
-        seq.last_token = Some(now);
-        self.metrics.tokens.increment(1);
-
-        let mut finish = None;
-        let mut text = String::new();
-        if self.cfg.eos.contains(&sampled.token) {
+    let mut finish = None;
+    let mut text = String::new();
+    if cfg.eos.contains(&sampled.token) {
+        finish = Some(FinishReason::Stop);
+    } else {
+        let step = seq.text.push(sampled.token);
+        text = step.text;
+        if step.stopped {
             finish = Some(FinishReason::Stop);
-        } else {
-            let step = seq.text.push(sampled.token);
-            text = step.text;
-            if step.stopped {
-                finish = Some(FinishReason::Stop);
-            }
         }
-        if finish.is_none() {
-            let at_context =
-                (0..seq.models.len()).any(|s| seq.target_len(s) >= self.cfg.max_context as usize);
-            if seq.generated.len() >= seq.max_tokens as usize || at_context {
-                finish = Some(FinishReason::Length);
-            }
+    }
+    if finish.is_none() {
+        let at_context = (0..seq.models.len()).any(|s| seq.target_len(s) >= cfg.max_context as usize);
+        if seq.generated.len() >= seq.max_tokens as usize || at_context {
+            finish = Some(FinishReason::Length);
         }
-        if finish.is_some_and(|r| r == FinishReason::Length || self.cfg.eos.contains(&sampled.token)) {
-            text.push_str(&seq.text.finish());
+    }
+    if finish.is_some_and(|r| r == FinishReason::Length || cfg.eos.contains(&sampled.token)) {
+        text.push_str(&seq.text.finish());
+    }
+    let logprob = seq.top_logprobs.map(|_| sampled.logprob);
+    let sent = seq.events.send(Event::Token { token: sampled.token, text, logprob, top }).is_ok();
+    match finish {
+        Some(reason) => {
+            metrics.request_duration.record(now.duration_since(seq.received).as_secs_f64());
+            let _ = seq.events.send(Event::Finished { reason, usage: seq.usage() });
+            Some(Fate::Done)
         }
-        let logprob = seq.top_logprobs.map(|_| sampled.logprob);
-        let sent = seq.events.send(Event::Token { token: sampled.token, text, logprob, top }).is_ok();
-        match finish {
-            Some(reason) => {
-                self.metrics.request_duration.record(now.duration_since(seq.received).as_secs_f64());
-                let _ = seq.events.send(Event::Finished { reason, usage: seq.usage() });
-                Some(Fate::Done)
+        None => {
+            if !sent {
+                tracing::debug!(request_id = %seq.request_id, "client went away; dropped next step");
             }
-            None => {
-                if !sent {
-                    tracing::debug!(request_id = %seq.request_id, "client went away; dropped next step");
-                }
-                None
-            }
+            None
         }
     }
 }
