@@ -1,5 +1,6 @@
-//! The sampler's random numbers: xoshiro256++ seeded through splitmix64, written here so that a seed's
-//! outputs never change with a dependency upgrade.
+//! The project's random numbers: xoshiro256++ seeded through splitmix64 for the sampler, and
+//! splitmix64 itself (with uniform floats, ranges and shuffles) for training and test data, written
+//! here once so that a seed's outputs never change with a dependency upgrade.
 
 /// splitmix64: expands a 64-bit seed into well-mixed state words.
 #[derive(Debug, Clone)]
@@ -20,6 +21,30 @@ impl SplitMix64 {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)` with 53 random bits (one `next_u64`).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Uniform in `[0, n)` (`n > 0`), by rejection so it has no modulo bias.
+    pub fn below(&mut self, n: u64) -> u64 {
+        let zone = u64::MAX - u64::MAX % n;
+        loop {
+            let x = self.next_u64();
+            if x < zone {
+                return x % n;
+            }
+        }
+    }
+
+    /// Fisher–Yates shuffle, drawing with [`Self::below`].
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            v.swap(i, j);
+        }
     }
 }
 
@@ -137,6 +162,47 @@ mod tests {
             let mut sm = SplitMix64::new(seed);
             let got: Vec<u64> = (0..expected.len()).map(|_| sm.next_u64()).collect();
             assert_eq!(got, expected, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn splitmix64_helpers_are_pinned() {
+        // genarm-train's LoRA init (next_f64), held-out split and epoch orders (shuffle) were
+        // drawn with these before the generator moved here; checkpoints depend on them.
+        let floats: [(u64, [u64; 4]); 4] = [
+            (0, [4606131375998723001, 4601445337224736344, 4583276237337666816, 4606920146975345040]),
+            (1, [4603278352542933067, 4604892624433492445, 4606921234823734858, 4601676483935310002]),
+            (42, [4604854642168692077, 4594929399376720760, 4598690451703514086, 4599872008648626872]),
+            (u64::MAX, [4606227141550632101, 4606395164397371088, 4597075691381012800, 4601349977148680800]),
+        ];
+        for (seed, bits) in floats {
+            let mut sm = SplitMix64::new(seed);
+            let got: Vec<u64> = bits.iter().map(|_| sm.next_f64().to_bits()).collect();
+            assert_eq!(got, bits, "next_f64, seed {seed}");
+        }
+        // `1 << 63 | 1` rejects about half its draws, so it checks the rejection path too.
+        let bounds = [10u64, 3, 1000, 1 << 63 | 1, 7];
+        let below: [(u64, [u64; 5]); 4] = [
+            (0, [5, 0, 679, 1961750202426094747, 2]),
+            (1, [5, 1, 590, 8196980753821780235, 5]),
+            (42, [3, 1, 858, 6349198060258255764, 6]),
+            (u64::MAX, [6, 0, 1, 7862637804313477842, 1]),
+        ];
+        for (seed, expected) in below {
+            let mut sm = SplitMix64::new(seed);
+            let got: Vec<u64> = bounds.iter().map(|&n| sm.below(n)).collect();
+            assert_eq!(got, expected, "below, seed {seed}");
+        }
+        let shuffled: [(u64, [u32; 10]); 4] = [
+            (0, [6, 3, 2, 9, 8, 1, 4, 7, 0, 5]),
+            (1, [4, 2, 8, 1, 9, 3, 0, 6, 7, 5]),
+            (42, [0, 9, 5, 8, 6, 4, 7, 2, 1, 3]),
+            (u64::MAX, [3, 4, 2, 7, 5, 0, 8, 1, 9, 6]),
+        ];
+        for (seed, expected) in shuffled {
+            let mut v: Vec<u32> = (0..10).collect();
+            SplitMix64::new(seed).shuffle(&mut v);
+            assert_eq!(v, expected, "shuffle, seed {seed}");
         }
     }
 

@@ -8,7 +8,7 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use serde_json::{json, Value};
 
-use crate::rng::Rng;
+use crate::rng;
 
 /// The shapes a LoRA adapter must fit: a backbone's dimensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,11 +115,11 @@ pub fn write_random_adapter_with(
                 [("lora_A", [rank, inp], 1.0 / (inp as f64).sqrt()), ("lora_B", [out, rank], b_std)]
             {
                 let name = peft_name(layer, module, part);
-                let mut rng = Rng::for_tensor(seed, &name);
+                let mut stream = rng::for_tensor(seed, &name);
                 let n = shape[0] * shape[1];
                 let mut bytes = Vec::with_capacity(4 * n);
                 for _ in 0..n {
-                    bytes.extend_from_slice(&((std * rng.normal()) as f32).to_le_bytes());
+                    bytes.extend_from_slice(&((std * rng::normal(&mut stream)) as f32).to_le_bytes());
                 }
                 tensors.push((name, shape.to_vec(), bytes));
             }

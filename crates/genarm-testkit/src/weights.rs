@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
-use crate::rng::Rng;
+use crate::rng;
 use crate::spec::FixtureSpec;
 
 /// Target standard deviation of the logits.
@@ -33,10 +33,10 @@ impl Weights {
     /// Adds a tensor of `mean + std * N(0, 1)` values, drawn from a stream keyed by (seed, name).
     fn add(&mut self, name: String, shape: &[usize], mean: f64, std: f64) {
         let n: usize = shape.iter().product();
-        let mut rng = Rng::for_tensor(self.seed, &name);
+        let mut stream = rng::for_tensor(self.seed, &name);
         let mut bytes = Vec::with_capacity(4 * n);
         for _ in 0..n {
-            bytes.extend_from_slice(&((mean + std * rng.normal()) as f32).to_le_bytes());
+            bytes.extend_from_slice(&((mean + std * rng::normal(&mut stream)) as f32).to_le_bytes());
         }
         self.tensors.push((name, shape.to_vec(), bytes));
     }

@@ -6,7 +6,7 @@ mod common;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use common::{fixture_text, Rng};
+use common::{below, fixture_text, SplitMix64};
 use genarm_text::StreamDecoder;
 use tokenizers::Tokenizer;
 
@@ -62,11 +62,17 @@ fn random_ids_concatenate_to_decode() {
     let vocab = text.vocab_size();
     // Byte tokens of multi-byte characters, to make incomplete sequences frequent.
     let bytes: Vec<u32> = text.encode_prompt("é日🙂ïа").unwrap();
-    let mut rng = Rng(7);
+    let mut rng = SplitMix64::new(7);
     for case in 0..400 {
-        let len = rng.below(40);
+        let len = below(&mut rng, 40);
         let ids: Vec<u32> = (0..len)
-            .map(|_| if rng.below(3) == 0 { bytes[rng.below(bytes.len())] } else { rng.below(vocab) as u32 })
+            .map(|_| {
+                if below(&mut rng, 3) == 0 {
+                    bytes[below(&mut rng, bytes.len())]
+                } else {
+                    below(&mut rng, vocab) as u32
+                }
+            })
             .collect();
         let expected = text.decode(&ids).unwrap();
         let mut decoder = text.stream_decoder();
@@ -136,10 +142,10 @@ fn sentencepiece_spaces_survive_streaming() {
 #[test]
 fn sentencepiece_random_ids_concatenate_to_decode() {
     let tok = sentencepiece_tokenizer();
-    let mut rng = Rng(11);
+    let mut rng = SplitMix64::new(11);
     for case in 0..20_000 {
-        let len = rng.below(12);
-        let ids: Vec<u32> = (0..len).map(|_| rng.below(17) as u32).collect();
+        let len = below(&mut rng, 12);
+        let ids: Vec<u32> = (0..len).map(|_| below(&mut rng, 17) as u32).collect();
         let expected = tok.decode(&ids, true).unwrap();
         let mut decoder = StreamDecoder::new(tok.clone());
         let chunks = stream(&mut decoder, &ids);
