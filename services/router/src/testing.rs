@@ -65,6 +65,9 @@ pub struct FakeState {
     pub fetches: Vec<Vec<u64>>,
     /// Fail this many next `fetch_rows` calls as a whole.
     pub fail_fetches: usize,
+    /// On the next sparse step, send certificates whose bound on the values left out is above a
+    /// value sent (an inconsistent certificate).
+    pub bad_certificate_next: bool,
 }
 
 /// One fake worker.
@@ -150,6 +153,7 @@ impl StepBackend for FakeBackend {
             vec![]
         };
         let nan = std::mem::take(&mut st.nan_next);
+        let bad_certificate = std::mem::take(&mut st.bad_certificate_next);
         let mut out = Vec::with_capacity(seqs.len());
         for s in seqs {
             let held_len = st.held.get(&s.seq_id).map(Vec::len);
@@ -189,6 +193,9 @@ impl StepBackend for FakeBackend {
                 let mut c = OwnedRowCertificate::default();
                 if certify_row(&logits, candidates as usize, &mut c).is_ok() {
                     st.kept_rows.insert(s.seq_id, logits);
+                    if bad_certificate {
+                        c.outside_max = c.max;
+                    }
                     out.push(SeqOutcome::Sparse(SparseRow {
                         ids: c.ids,
                         logits: c.logits,

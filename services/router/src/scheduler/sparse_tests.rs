@@ -180,3 +180,30 @@ async fn a_row_the_worker_could_not_certify_fails_as_on_the_full_wire() {
         assert!(err.contains("arm1") && err.contains("non-finite"), "{wire:?}: {err}");
     }
 }
+
+#[tokio::test]
+async fn an_inconsistent_certificate_fails_only_the_requests_that_used_it_naming_the_worker() {
+    let (backend, handle, _a) = start(LogitsWire::Sparse { candidates: 8 });
+    let submit = |arms: Vec<ArmRequest>| {
+        handle
+            .submit(GenRequest {
+                request_id: "cmpl-bad".into(),
+                base_prompt: vec![1, 2],
+                arms,
+                sampling: SamplingParams { temperature: 0.0, ..Default::default() },
+                max_tokens: 6,
+                top_logprobs: None,
+                text: FakeText::new(None),
+            })
+            .unwrap()
+    };
+    // Warm both requests up to a running state, then arm 2 lies once.
+    backend.state(2).bad_certificate_next = true;
+    let with_bad = submit(vec![ArmRequest { model: 2, alpha: 1.0, prompt: vec![1] }]);
+    let without = submit(vec![ArmRequest { model: 1, alpha: 1.0, prompt: vec![1] }]);
+    let err = collect(with_bad).await.1.unwrap_err();
+    assert!(err.contains("arm2") && err.contains("inconsistent"), "{err}");
+    let ok = collect(without).await;
+    assert!(ok.1.is_ok(), "the request that did not use arm2 failed: {:?}", ok.1);
+    assert_eq!(ok.0.len(), 6);
+}
