@@ -9,7 +9,8 @@ use genarm_model::{peft_tensor_name, LoraAdapter, LoraPart, ModelAssets, ModelEr
 use genarm_testkit::{fixture_dir, lora};
 use safetensors::SafeTensors;
 
-const TARGETS: &[&str] = &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+/// Every module an adapter may target.
+const TARGETS: &[&str] = &genarm_model::lora::TARGET_MODULES;
 
 /// A tensor of an f32 safetensors file as (shape, values), read without candle.
 fn read_f32(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {

@@ -8,7 +8,8 @@ use genarm_model::{save_hf_dir, Engine, EngineOptions, ModelAssets};
 use genarm_testkit::lora::{self, LoraDims};
 use genarm_testkit::{fixture_dir, PROMPTS};
 
-const TARGETS: &[&str] = &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+/// Every module an adapter may target.
+const TARGETS: &[&str] = &genarm_model::lora::TARGET_MODULES;
 
 /// Logits at every position of every prompt.
 fn logits(assets: &ModelAssets, prompts: &[&str]) -> Vec<Vec<f32>> {

@@ -1,5 +1,6 @@
 //! Deterministic random LoRA adapters in the PEFT format (`adapter_config.json` +
-//! `adapter_model.safetensors`), written independently of genarm-model's reader, for tests.
+//! `adapter_model.safetensors`) for tests: the tensor names follow genarm-model's target list and
+//! module blocks, the files are written independently of genarm-model's reader.
 
 use std::path::Path;
 
@@ -64,7 +65,7 @@ impl LoraDims {
 
 /// The PEFT tensor name of a LoRA matrix (`part` is `"lora_A"` or `"lora_B"`).
 pub fn peft_name(layer: usize, module: &str, part: &str) -> String {
-    let block = if matches!(module, "q_proj" | "k_proj" | "v_proj" | "o_proj") { "self_attn" } else { "mlp" };
+    let block = genarm_model::lora::module_block(module).unwrap_or("mlp");
     format!("base_model.model.model.layers.{layer}.{block}.{module}.{part}.weight")
 }
 

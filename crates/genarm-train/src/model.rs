@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use genarm_model::config::LlamaConfig;
+use genarm_model::lora::{module_block, TARGET_MODULES};
 use genarm_model::rope::Rope;
 use genarm_model::weights::TensorSource;
 
@@ -39,23 +40,13 @@ impl Target {
 
     /// The HF module name (`q_proj`, ...), as PEFT's `target_modules` lists it.
     pub fn module_name(self) -> &'static str {
-        match self {
-            Target::Q => "q_proj",
-            Target::K => "k_proj",
-            Target::V => "v_proj",
-            Target::O => "o_proj",
-            Target::Gate => "gate_proj",
-            Target::Up => "up_proj",
-            Target::Down => "down_proj",
-        }
+        // The variants are declared in the order of genarm-model's list.
+        TARGET_MODULES[self as usize]
     }
 
     /// `self_attn` or `mlp`.
     pub fn parent(self) -> &'static str {
-        match self {
-            Target::Q | Target::K | Target::V | Target::O => "self_attn",
-            _ => "mlp",
-        }
+        module_block(self.module_name()).expect("every target module lives in a block")
     }
 
     /// Reads a short (`q`) or full (`q_proj`) name.
