@@ -185,15 +185,9 @@ impl LlamaConfig {
         self.num_attention_heads / self.num_key_value_heads
     }
 
-    /// Number of parameters (weights and biases), for reporting.
+    /// Number of parameters (weights and biases; a tied LM head counted once), for reporting.
     pub fn num_parameters(&self) -> usize {
-        let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
-        let q = self.num_attention_heads * self.head_dim;
-        let kv = self.num_key_value_heads * self.head_dim;
-        let attn = h * q + 2 * h * kv + q * h;
-        let layer = attn + 3 * h * i + 2 * h;
-        let head = if self.tie_word_embeddings { 0 } else { v * h };
-        v * h + self.num_hidden_layers * layer + h + head
+        crate::tensors::ModelTensors::new(self).iter().map(|t| t.elem_count()).sum()
     }
 }
 

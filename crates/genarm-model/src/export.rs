@@ -10,38 +10,13 @@ use serde_json::{json, Value};
 use crate::assets::ModelAssets;
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
+use crate::tensors::ModelTensors;
+use crate::weights::{load_checked, Split};
 
 /// Names of every tensor the engine loads for `cfg`, in HF naming (no `lm_head.weight` when the
-/// embeddings are tied).
+/// embeddings are tied), in [`ModelTensors::iter`] order.
 pub fn engine_tensor_names(cfg: &LlamaConfig) -> Vec<String> {
-    let mut names = vec!["model.embed_tokens.weight".to_owned()];
-    for i in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        names.push(format!("{p}.input_layernorm.weight"));
-        names.push(format!("{p}.post_attention_layernorm.weight"));
-        for (m, bias) in [
-            ("q_proj", cfg.qkv_bias),
-            ("k_proj", cfg.qkv_bias),
-            ("v_proj", cfg.qkv_bias),
-            ("o_proj", cfg.o_bias),
-        ] {
-            names.push(format!("{p}.self_attn.{m}.weight"));
-            if bias {
-                names.push(format!("{p}.self_attn.{m}.bias"));
-            }
-        }
-        for m in ["gate_proj", "up_proj", "down_proj"] {
-            names.push(format!("{p}.mlp.{m}.weight"));
-            if cfg.mlp_bias {
-                names.push(format!("{p}.mlp.{m}.bias"));
-            }
-        }
-    }
-    names.push("model.norm.weight".to_owned());
-    if !cfg.tie_word_embeddings {
-        names.push("lm_head.weight".to_owned());
-    }
-    names
+    ModelTensors::new(cfg).iter().map(|t| t.name.clone()).collect()
 }
 
 /// transformers' `config.json` for `cfg`.
@@ -137,12 +112,13 @@ pub fn save_hf_dir(assets: &ModelAssets, out: &Path) -> Result<()> {
     let config = hf_config_json(cfg, &assets.path)?;
 
     let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
-    for name in engine_tensor_names(cfg) {
-        if assets.tensors.shape(&name).is_none() {
-            return Err(ModelError::MissingTensor { name, path: assets.tensors.location().to_owned() });
-        }
-        let t = assets.tensors.load(&name, DType::F32, &Device::Cpu)?.contiguous()?;
-        tensors.insert(name, t);
+    let src = assets.tensors.as_ref();
+    for spec in ModelTensors::new(cfg).iter() {
+        // The shape the engine will insist on when it reads the directory back, checked now so
+        // a bad source fails here rather than at serving time.
+        let t =
+            load_checked(src, &spec.name, &spec.shape, Split::Replicated, 0, 1, DType::F32, &Device::Cpu)?;
+        tensors.insert(spec.name.clone(), t.contiguous()?);
     }
     let weights = out.join("model.safetensors");
     let metadata: Option<std::collections::HashMap<String, String>> =

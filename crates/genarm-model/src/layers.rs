@@ -3,6 +3,7 @@
 use candle_core::{DType, Device, Module, Tensor};
 
 use crate::error::Result;
+use crate::tensors::{LinearTensors, TensorSpec};
 use crate::weights::{load_checked, Split, TensorSource};
 
 /// Where a rank's slice of the model comes from, and in what dtype and device it lives.
@@ -48,28 +49,22 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// Loads `{prefix}.weight` of full shape `[out, in]` (and `{prefix}.bias` when `bias`).
-    pub fn load(
-        l: &ShardLoader,
-        prefix: &str,
-        out: usize,
-        inp: usize,
-        bias: bool,
-        par: Parallel,
-    ) -> Result<Self> {
+    /// Loads this rank's part of the weight (and bias, when `tensors` has one).
+    pub fn load(l: &ShardLoader, tensors: &LinearTensors, par: Parallel) -> Result<Self> {
         let wsplit = match par {
             Parallel::Column => Split::Along(0),
             Parallel::Row => Split::Along(1),
         };
-        let weight = l.load(&format!("{prefix}.weight"), &[out, inp], wsplit)?;
-        let bias = if bias {
-            let bsplit = match par {
-                Parallel::Column => Split::Along(0),
-                Parallel::Row => Split::Replicated,
-            };
-            Some(l.load(&format!("{prefix}.bias"), &[out], bsplit)?)
-        } else {
-            None
+        let weight = l.load(&tensors.weight.name, &tensors.weight.shape, wsplit)?;
+        let bias = match &tensors.bias {
+            Some(b) => {
+                let bsplit = match par {
+                    Parallel::Column => Split::Along(0),
+                    Parallel::Row => Split::Replicated,
+                };
+                Some(l.load(&b.name, &b.shape, bsplit)?)
+            }
+            None => None,
         };
         Ok(Self { weight, bias })
     }
@@ -114,9 +109,9 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    /// Loads `name` of shape `[dim]`, replicated on every rank.
-    pub fn load(l: &ShardLoader, name: &str, dim: usize, eps: f64) -> Result<Self> {
-        Ok(Self { weight: l.load(name, &[dim], Split::Replicated)?, eps: eps as f32 })
+    /// Loads the weight `tensor` (`[dim]`), replicated on every rank.
+    pub fn load(l: &ShardLoader, tensor: &TensorSpec, eps: f64) -> Result<Self> {
+        Ok(Self { weight: l.load(&tensor.name, &tensor.shape, Split::Replicated)?, eps: eps as f32 })
     }
 }
 

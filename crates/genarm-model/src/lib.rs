@@ -19,6 +19,7 @@ pub mod model;
 pub mod progress;
 pub mod rope;
 pub mod step;
+pub mod tensors;
 pub mod weights;
 
 pub use assets::{ModelAssets, TokenizerAssets};
@@ -29,3 +30,4 @@ pub use export::save_hf_dir;
 pub use kv_cache::KvUsage;
 pub use lora::{peft_tensor_name, LoraAdapter, LoraConfig, LoraMergedSource, LoraPart};
 pub use step::{StepError, StepOutput, StepSeq};
+pub use tensors::{ModelTensors, Projection};

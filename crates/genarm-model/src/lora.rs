@@ -11,24 +11,29 @@ use serde_json::{json, Value};
 
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
+use crate::tensors::Projection;
 use crate::weights::TensorSource;
 
 /// File name of the adapter's config.
 pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
 /// File name of the adapter's weights.
 pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
-/// The modules a LoRA adapter may target, in PEFT's (and HF's) naming.
-pub const TARGET_MODULES: [&str; 7] =
-    ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+/// The modules a LoRA adapter may target, in PEFT's (and HF's) naming: the module names of
+/// [`Projection::ALL`], in that order.
+pub const TARGET_MODULES: [&str; 7] = {
+    let mut names = [""; 7];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = Projection::ALL[i].module_name();
+        i += 1;
+    }
+    names
+};
 
 /// The block a target module lives in: `self_attn` for q/k/v/o, `mlp` for gate/up/down;
 /// `None` for a module genarm cannot adapt.
 pub fn module_block(module: &str) -> Option<&'static str> {
-    match module {
-        "q_proj" | "k_proj" | "v_proj" | "o_proj" => Some("self_attn"),
-        "gate_proj" | "up_proj" | "down_proj" => Some("mlp"),
-        _ => None,
-    }
+    Projection::from_module_name(module).map(Projection::block)
 }
 
 /// Which of a LoRA pair's two matrices.

@@ -8,6 +8,7 @@ use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::layers::{Linear, Parallel, RmsNorm, ShardLoader};
 use crate::rope::Rope;
+use crate::tensors::{ModelTensors, Projection};
 use crate::weights::Split;
 
 /// One sequence's part of a batched forward.
@@ -149,9 +150,16 @@ pub fn vocab_shard_rows(vocab: usize, world: usize) -> usize {
 
 /// Number of tensors a rank loads (for the progress bar).
 pub fn tensor_count(cfg: &LlamaConfig) -> u64 {
-    let per_layer =
-        9 + if cfg.qkv_bias { 3 } else { 0 } + usize::from(cfg.o_bias) + if cfg.mlp_bias { 3 } else { 0 };
-    (cfg.num_hidden_layers * per_layer + 2 + usize::from(!cfg.tie_word_embeddings)) as u64
+    ModelTensors::new(cfg).iter().count() as u64
+}
+
+/// How a projection is split over ranks: q/k/v and gate/up by output features, o and down by
+/// input features, so each block needs one all-reduce.
+fn parallel(p: Projection) -> Parallel {
+    match p {
+        Projection::O | Projection::Down => Parallel::Row,
+        Projection::Q | Projection::K | Projection::V | Projection::Gate | Projection::Up => Parallel::Column,
+    }
 }
 
 impl ShardModel {
@@ -159,43 +167,33 @@ impl ShardModel {
     pub fn load(cfg: &LlamaConfig, l: &ShardLoader, comm: Box<dyn Communicator>) -> Result<Self> {
         let world = l.world;
         check_tp(cfg, world)?;
-        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
-        let (nh, nkv, inter) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size);
-        let embed = l.load("model.embed_tokens.weight", &[cfg.vocab_size, h], Split::Replicated)?;
+        let eps = cfg.rms_norm_eps;
+        let tensors = ModelTensors::new(cfg);
+        let embed = l.load(&tensors.embed.name, &tensors.embed.shape, Split::Replicated)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            let col = Parallel::Column;
+        for t in &tensors.layers {
+            let lin = |p: Projection| Linear::load(l, t.linear(p), parallel(p));
             let attn = Attention {
-                q: Linear::load(l, &format!("{p}.self_attn.q_proj"), nh * hd, h, cfg.qkv_bias, col)?,
-                k: Linear::load(l, &format!("{p}.self_attn.k_proj"), nkv * hd, h, cfg.qkv_bias, col)?,
-                v: Linear::load(l, &format!("{p}.self_attn.v_proj"), nkv * hd, h, cfg.qkv_bias, col)?,
-                o: Linear::load(l, &format!("{p}.self_attn.o_proj"), h, nh * hd, cfg.o_bias, Parallel::Row)?,
-                heads: nh / world,
-                kv_heads: nkv / world,
-                head_dim: hd,
+                q: lin(Projection::Q)?,
+                k: lin(Projection::K)?,
+                v: lin(Projection::V)?,
+                o: lin(Projection::O)?,
+                heads: cfg.num_attention_heads / world,
+                kv_heads: cfg.num_key_value_heads / world,
+                head_dim: cfg.head_dim,
             };
-            let mlp = Mlp {
-                gate: Linear::load(l, &format!("{p}.mlp.gate_proj"), inter, h, cfg.mlp_bias, col)?,
-                up: Linear::load(l, &format!("{p}.mlp.up_proj"), inter, h, cfg.mlp_bias, col)?,
-                down: Linear::load(l, &format!("{p}.mlp.down_proj"), h, inter, cfg.mlp_bias, Parallel::Row)?,
-            };
+            let mlp =
+                Mlp { gate: lin(Projection::Gate)?, up: lin(Projection::Up)?, down: lin(Projection::Down)? };
             layers.push(Layer {
-                input_norm: RmsNorm::load(l, &format!("{p}.input_layernorm.weight"), h, cfg.rms_norm_eps)?,
+                input_norm: RmsNorm::load(l, &t.input_norm, eps)?,
                 attn,
-                post_norm: RmsNorm::load(
-                    l,
-                    &format!("{p}.post_attention_layernorm.weight"),
-                    h,
-                    cfg.rms_norm_eps,
-                )?,
+                post_norm: RmsNorm::load(l, &t.post_norm, eps)?,
                 mlp,
             });
         }
-        let norm = RmsNorm::load(l, "model.norm.weight", h, cfg.rms_norm_eps)?;
-        let head_name = if cfg.tie_word_embeddings { None } else { Some("lm_head.weight") };
-        let full_head = match head_name {
-            Some(name) => l.load(name, &[cfg.vocab_size, h], Split::Replicated)?,
+        let norm = RmsNorm::load(l, &tensors.norm, eps)?;
+        let full_head = match &tensors.lm_head {
+            Some(head) => l.load(&head.name, &head.shape, Split::Replicated)?,
             None => embed.clone(),
         };
         let lm_head = vocab_shard(&full_head, cfg.vocab_size, l.rank, world)?;

@@ -6,83 +6,19 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use genarm_model::config::LlamaConfig;
-use genarm_model::lora::{module_block, TARGET_MODULES};
 use genarm_model::rope::Rope;
-use genarm_model::weights::TensorSource;
+use genarm_model::tensors::{ModelTensors, TensorSpec};
+use genarm_model::weights::{load_checked, Split, TensorSource};
 
 use crate::error::{Result, TrainError};
 use crate::frozen::frozen_matmul;
 use crate::rng::{derive_seed, SplitMix64};
 
-/// A linear layer of a decoder layer that LoRA can adapt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Target {
-    /// `self_attn.q_proj`
-    Q,
-    /// `self_attn.k_proj`
-    K,
-    /// `self_attn.v_proj`
-    V,
-    /// `self_attn.o_proj`
-    O,
-    /// `mlp.gate_proj`
-    Gate,
-    /// `mlp.up_proj`
-    Up,
-    /// `mlp.down_proj`
-    Down,
-}
-
-impl Target {
-    /// Every target, in layer order.
-    pub const ALL: [Target; 7] =
-        [Target::Q, Target::K, Target::V, Target::O, Target::Gate, Target::Up, Target::Down];
-
-    /// The HF module name (`q_proj`, ...), as PEFT's `target_modules` lists it.
-    pub fn module_name(self) -> &'static str {
-        // The variants are declared in the order of genarm-model's list.
-        TARGET_MODULES[self as usize]
-    }
-
-    /// `self_attn` or `mlp`.
-    pub fn parent(self) -> &'static str {
-        module_block(self.module_name()).expect("every target module lives in a block")
-    }
-
-    /// Reads a short (`q`) or full (`q_proj`) name.
-    pub fn parse(s: &str) -> Option<Target> {
-        let s = s.trim();
-        Target::ALL
-            .into_iter()
-            .find(|t| s == t.module_name() || s == t.module_name().trim_end_matches("_proj"))
-    }
-
-    /// `(out, in)` features of this layer.
-    pub fn dims(self, cfg: &LlamaConfig) -> (usize, usize) {
-        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-        let (q, kv) = (cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim);
-        match self {
-            Target::Q => (q, h),
-            Target::K | Target::V => (kv, h),
-            Target::O => (h, q),
-            Target::Gate | Target::Up => (i, h),
-            Target::Down => (h, i),
-        }
-    }
-
-    fn has_bias(self, cfg: &LlamaConfig) -> bool {
-        match self {
-            Target::Q | Target::K | Target::V => cfg.qkv_bias,
-            Target::O => cfg.o_bias,
-            _ => cfg.mlp_bias,
-        }
-    }
-
-    /// The HF prefix of this layer in decoder layer `layer` (`model.layers.3.self_attn.q_proj`).
-    pub fn hf_prefix(self, layer: usize) -> String {
-        format!("model.layers.{layer}.{}.{}", self.parent(), self.module_name())
-    }
-}
+/// A linear layer of a decoder layer that LoRA can adapt: genarm-model's [`Projection`], whose
+/// names, shapes and biases the serving engine loads by.
+///
+/// [`Projection`]: genarm_model::tensors::Projection
+pub use genarm_model::tensors::Projection as Target;
 
 /// Parses a comma-separated target list (`q,k,v,o,gate,up,down` or `q_proj,...`).
 pub fn parse_targets(list: &str) -> Result<Vec<Target>> {
@@ -253,23 +189,6 @@ impl SeqBatch {
     }
 }
 
-fn load(src: &dyn TensorSource, name: &str, shape: &[usize], dtype: DType, dev: &Device) -> Result<Tensor> {
-    let actual = src.shape(name).ok_or_else(|| genarm_model::ModelError::MissingTensor {
-        name: name.into(),
-        path: src.location().into(),
-    })?;
-    if actual != shape {
-        return Err(genarm_model::ModelError::TensorShape {
-            name: name.into(),
-            path: src.location().into(),
-            expected: shape.to_vec(),
-            actual,
-        }
-        .into());
-    }
-    Ok(src.load(name, dtype, dev)?)
-}
-
 /// Kaiming-uniform (a = √5) as PEFT initializes `lora_A`: U(−1/√in, 1/√in).
 fn kaiming_a(rank: usize, inp: usize, seed: u64, dtype: DType, dev: &Device) -> Result<Tensor> {
     let bound = 1.0 / (inp as f64).sqrt();
@@ -292,38 +211,39 @@ impl TrainModel {
     ) -> Result<Self> {
         let full = matches!(trainable, Trainable::Full);
         let mut params = Vec::new();
-        let mut weight = |name: &str, shape: &[usize]| -> Result<W> {
-            let t = load(src, name, shape, dtype, device)?;
+        let mut weight = |spec: &TensorSpec| -> Result<W> {
+            let t = load_checked(src, &spec.name, &spec.shape, Split::Replicated, 0, 1, dtype, device)?;
             if full {
                 let var = Var::from_tensor(&t)?;
-                params.push(Param { name: name.to_string(), var: var.clone() });
+                params.push(Param { name: spec.name.clone(), var: var.clone() });
                 Ok(W::Train(var))
             } else {
                 Ok(W::Frozen(t))
             }
         };
-        let h = cfg.hidden_size;
-        let embed = weight("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        // `params` comes out in ModelTensors::iter order, the order a full fine-tune's optimizer
+        // state has always been kept in.
+        let tensors = ModelTensors::new(cfg);
+        let embed = weight(&tensors.embed)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            let input_norm = weight(&format!("{p}.input_layernorm.weight"), &[h])?;
-            let mut lins = Vec::new();
-            for t in Target::ALL {
-                let (out, inp) = t.dims(cfg);
-                let prefix = t.hf_prefix(i);
-                let w = weight(&format!("{prefix}.weight"), &[out, inp])?;
-                let b = if t.has_bias(cfg) { Some(weight(&format!("{prefix}.bias"), &[out])?) } else { None };
-                lins.push((t, Lin { weight: w, bias: b, lora: None }));
+        for layer in &tensors.layers {
+            let input_norm = weight(&layer.input_norm)?;
+            let mut lins = Vec::with_capacity(layer.linears.len());
+            for lin in &layer.linears {
+                let w = weight(&lin.weight)?;
+                let b = match &lin.bias {
+                    Some(b) => Some(weight(b)?),
+                    None => None,
+                };
+                lins.push((lin.projection, Lin { weight: w, bias: b, lora: None }));
             }
-            let post_norm = weight(&format!("{p}.post_attention_layernorm.weight"), &[h])?;
+            let post_norm = weight(&layer.post_norm)?;
             layers.push(Layer { input_norm, post_norm, lins });
         }
-        let norm = weight("model.norm.weight", &[h])?;
-        let lm_head = if cfg.tie_word_embeddings {
-            None
-        } else {
-            Some(weight("lm_head.weight", &[cfg.vocab_size, h])?)
+        let norm = weight(&tensors.norm)?;
+        let lm_head = match &tensors.lm_head {
+            Some(head) => Some(weight(head)?),
+            None => None,
         };
         let mut lora_scale = 0.0;
         if let Trainable::Lora(spec) = &trainable {
