@@ -41,6 +41,7 @@ fn step_logits(worker: &mut ChildProcess, tokens: &[u32]) -> (String, Vec<f32>) 
                 seqs: vec![SeqStep { seq_id: 1, start_pos: 0, tokens: tokens.to_vec() }],
                 logits_dtype: LogitsDtype::F32 as i32,
                 logits_len: 0,
+                ..Default::default()
             };
             match tokio::time::timeout(Duration::from_secs(30), client.step(req)).await {
                 Ok(Ok(resp)) => {

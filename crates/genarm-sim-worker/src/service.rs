@@ -10,8 +10,9 @@ use genarm_fusion::WireDtype;
 use genarm_proto::v1::seq_result::Outcome;
 use genarm_proto::v1::worker_server::Worker;
 use genarm_proto::v1::{
-    InfoRequest, InfoResponse, LogitsDtype, ReleaseRequest, ReleaseResponse, Role, SeqError, SeqErrorCode,
-    SeqResult, StatsRequest, StatsResponse, StepRequest, StepResponse, PROTOCOL_VERSION,
+    FetchRowsRequest, InfoRequest, InfoResponse, LogitsDtype, LogitsWire, ReleaseRequest, ReleaseResponse,
+    Role, SeqError, SeqErrorCode, SeqResult, StatsRequest, StatsResponse, StepRequest, StepResponse,
+    PROTOCOL_VERSION,
 };
 use tonic::{Request, Response, Status};
 
@@ -71,6 +72,8 @@ impl SimService {
             kv_capacity_tokens: args.kv_capacity_tokens,
             kv_block_size: BLOCK as u32,
             tokenizer_json: tokenizer,
+            // The full wire only, for now: a router on the sparse wire refuses it at connect time.
+            logits_wires: vec![LogitsWire::Full as i32],
             chat_template: None,
             bos_token_id: None,
             eos_token_ids: vec![SIM_EOS_ID],
@@ -232,6 +235,16 @@ impl Worker for SimService {
 
     async fn step(&self, request: Request<StepRequest>) -> Result<Response<StepResponse>, Status> {
         self.handle_step(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn fetch_rows(
+        &self,
+        _request: Request<FetchRowsRequest>,
+    ) -> Result<Response<StepResponse>, Status> {
+        Err(Status::unimplemented(
+            "genarm-sim-worker answers with the full logits wire only (its Info lists no sparse wire): \
+             run the router with --logits-wire full",
+        ))
     }
 
     async fn release(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {

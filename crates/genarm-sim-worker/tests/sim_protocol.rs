@@ -36,6 +36,7 @@ fn step(reward_name: &str, seqs: Vec<(u64, u32, Vec<u32>)>) -> StepRequest {
             .collect(),
         logits_dtype: 0,
         logits_len: V as u32,
+        ..Default::default()
     }
 }
 

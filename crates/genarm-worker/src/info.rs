@@ -2,7 +2,7 @@
 //! computed once from the opened model and the configuration.
 
 use genarm_model::ModelAssets;
-use genarm_proto::v1::{InfoResponse, PROTOCOL_VERSION};
+use genarm_proto::v1::{InfoResponse, LogitsWire, PROTOCOL_VERSION};
 
 use crate::config::WorkerConfig;
 
@@ -32,6 +32,8 @@ pub fn build_info(assets: &ModelAssets, config: &WorkerConfig) -> InfoResponse {
         eos_token_ids: tok.eos_token_ids.clone(),
         add_bos_token: tok.add_bos_token,
         instance_id: uuid::Uuid::new_v4().to_string(),
+        // Every worker computes certificates from its f32 rows (genarm_fusion::certify_row).
+        logits_wires: vec![LogitsWire::Full as i32, LogitsWire::Sparse as i32],
     }
 }
 

@@ -1,9 +1,9 @@
 //! genarm-worker: the runtime both worker services run — `genarm-base-worker` (the base model,
 //! tensor-parallel) and `genarm-rm-worker` (an autoregressive reward model). It loads a model into
 //! the engine, serves the `genarm.v1.Worker` gRPC protocol (`Info`, `Step`, `Release`, `Stats`,
-//! docs/architecture.md §3) and `grpc.health.v1` over it, and follows the process contract: flags with
-//! `GENARM_*` env vars, one `GENARM_LISTENING grpc <addr>` line on stdout once bound, logs on
-//! stderr, a clean exit on SIGTERM/SIGINT.
+//! `FetchRows`, docs/architecture.md §3) and `grpc.health.v1` over it, and follows the process
+//! contract: flags with `GENARM_*` env vars, one `GENARM_LISTENING grpc <addr>` line on stdout
+//! once bound, logs on stderr, a clean exit on SIGTERM/SIGINT.
 //!
 //! The two binaries differ only in their [`WorkerRole`]: each parses its flags (flattening
 //! [`WorkerArgs`]) and calls [`run_process`].
@@ -17,6 +17,7 @@ pub mod load;
 pub mod metrics;
 pub mod process;
 pub mod role;
+pub mod rows;
 pub mod serve;
 pub mod service;
 pub mod shutdown;

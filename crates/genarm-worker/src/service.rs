@@ -1,8 +1,9 @@
 //! [`WorkerService`]: the `genarm.v1.Worker` gRPC service over one engine. `Info` answers from
-//! the start; `Step`, `Release` and `Stats` answer UNAVAILABLE until the engine is loaded and
-//! warmed ([`WorkerService::set_engine`]). A sequence no step has reached for the orphan timeout
-//! (a router that stopped or restarted left it behind) is released by a background sweep
-//! ([`WorkerService::spawn_orphan_sweeper`]).
+//! the start; `Step`, `Release`, `Stats` and `FetchRows` answer UNAVAILABLE until the engine is
+//! loaded and warmed ([`WorkerService::set_engine`]). A sequence no step has reached for the
+//! orphan timeout (a router that stopped or restarted left it behind) is released by a
+//! background sweep ([`WorkerService::spawn_orphan_sweeper`]). Sparse-wire steps keep each
+//! sequence's row for `FetchRows` ([`KeptRows`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -11,15 +12,16 @@ use std::time::{Duration, Instant};
 use genarm_model::Engine;
 use genarm_proto::v1::worker_server::Worker;
 use genarm_proto::v1::{
-    InfoRequest, InfoResponse, ReleaseRequest, ReleaseResponse, StatsRequest, StatsResponse, StepRequest,
-    StepResponse,
+    FetchRowsRequest, InfoRequest, InfoResponse, ReleaseRequest, ReleaseResponse, StatsRequest,
+    StatsResponse, StepRequest, StepResponse,
 };
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
 use crate::role::WorkerRole;
+use crate::rows::KeptRows;
 use crate::stats::{CountersSnapshot, StepCounters};
-use crate::step::{execute_step, prepare_step};
+use crate::step::{execute_step, prepare_fetch, prepare_step};
 
 struct Shared {
     engine: OnceLock<Engine>,
@@ -28,6 +30,8 @@ struct Shared {
     counters: StepCounters,
     /// Sequence id → when a step last named it; removed on release (see [`WorkerService::sweep_orphans`]).
     last_step: Mutex<HashMap<u64, Instant>>,
+    /// The rows of the sequences whose last step was sparse, for `FetchRows`.
+    kept: KeptRows,
 }
 
 /// The worker protocol's implementation; cheap to clone (all clones share one engine).
@@ -56,6 +60,7 @@ impl WorkerService {
                 role,
                 counters: StepCounters::default(),
                 last_step: Mutex::new(HashMap::new()),
+                kept: KeptRows::default(),
             }),
         }
     }
@@ -97,7 +102,7 @@ impl WorkerService {
         let shared = self.shared.clone();
         let resp = tokio::task::spawn_blocking(move || {
             let engine = shared.engine.get().expect("checked before spawning");
-            execute_step(engine, prepared, &shared.counters)
+            execute_step(engine, prepared, &shared.counters, &shared.kept)
         })
         .await
         .map_err(|e| Status::internal(format!("the step task failed: {e}")))??;
@@ -118,6 +123,7 @@ impl WorkerService {
                 last.remove(id);
             }
         }
+        self.shared.kept.forget(req.seq_ids.iter().copied());
         let shared = self.shared.clone();
         // Waits for a running step to finish (the engine holds its table during a forward).
         let released = tokio::task::spawn_blocking(move || {
@@ -127,6 +133,28 @@ impl WorkerService {
         .await
         .map_err(|e| Status::internal(format!("the release task failed: {e}")))?;
         Ok(ReleaseResponse { released })
+    }
+
+    /// Serves one `FetchRows`: per sequence, in order, the row its last (sparse) step kept, packed
+    /// and cut as asked, or UNKNOWN_SEQUENCE. It never waits for a running forward: the rows have
+    /// their own lock, and the router fetches while no step of these sequences runs.
+    #[tracing::instrument(level = "debug", skip_all, fields(seqs = req.seq_ids.len(), reward_name = %req.reward_name))]
+    pub async fn handle_fetch_rows(&self, req: FetchRowsRequest) -> Result<StepResponse, Status> {
+        let vocab = self.engine()?.config().vocab_size;
+        let fetch = prepare_fetch(req, &self.shared.role, vocab)?;
+        let shared = self.shared.clone();
+        // Off the runtime: packing a batch of 128k-value rows takes milliseconds.
+        let results = tokio::task::spawn_blocking(move || {
+            fetch.seq_ids.iter().map(|&id| shared.kept.fetch(id, fetch.dtype, fetch.logits_len)).collect()
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the fetch task failed: {e}")))?;
+        Ok(StepResponse { results, forward_micros: 0 })
+    }
+
+    /// How many sparse-step rows the worker keeps (one per sequence at most).
+    pub fn kept_rows(&self) -> usize {
+        self.shared.kept.len()
     }
 
     /// Counters and KV occupancy.
@@ -200,6 +228,7 @@ impl WorkerService {
                 if shared.last_step.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&id) {
                     continue;
                 }
+                shared.kept.forget([id]);
                 if engine.release(id) {
                     released.push(id);
                 }
@@ -271,6 +300,12 @@ impl Worker for WorkerService {
     async fn stats(&self, _request: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
         self.handle_stats().await.map(Response::new)
     }
+
+    async fn fetch_rows(&self, request: Request<FetchRowsRequest>) -> Result<Response<StepResponse>, Status> {
+        let span = tracing::info_span!("worker.fetch_rows", seqs = request.get_ref().seq_ids.len());
+        genarm_telemetry::set_parent_from(&span, request.metadata());
+        self.handle_fetch_rows(request.into_inner()).instrument(span).await.map(Response::new)
+    }
 }
 
 #[cfg(test)]
@@ -285,6 +320,7 @@ mod tests {
             seqs: vec![SeqStep { seq_id, start_pos, tokens }],
             logits_dtype: 0,
             logits_len: 0,
+            ..Default::default()
         }
     }
 

@@ -90,6 +90,7 @@ fn step_req(reward_name: &str, dtype: LogitsDtype, seqs: Vec<(u64, u32, Vec<u32>
             .collect(),
         logits_dtype: dtype as i32,
         logits_len: 0,
+        ..Default::default()
     }
 }
 

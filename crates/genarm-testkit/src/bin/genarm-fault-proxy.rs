@@ -21,8 +21,8 @@ use genarm_proto::tonic::{self, Request, Response, Status};
 use genarm_proto::v1::worker_client::WorkerClient;
 use genarm_proto::v1::worker_server::{Worker, WorkerServer};
 use genarm_proto::v1::{
-    seq_result, InfoRequest, InfoResponse, ReleaseRequest, ReleaseResponse, StatsRequest, StatsResponse,
-    StepRequest, StepResponse,
+    seq_result, FetchRowsRequest, InfoRequest, InfoResponse, ReleaseRequest, ReleaseResponse, StatsRequest,
+    StatsResponse, StepRequest, StepResponse,
 };
 use genarm_testkit::fault::{corrupt_logits, Directive, Fault};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -180,6 +180,11 @@ impl Worker for Proxy {
             Fault::None | Fault::Hang => {}
         }
         Ok(Response::new(resp))
+    }
+
+    async fn fetch_rows(&self, request: Request<FetchRowsRequest>) -> Result<Response<StepResponse>, Status> {
+        self.fault()?;
+        self.worker.clone().fetch_rows(request.into_inner()).await
     }
 
     async fn release(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {
