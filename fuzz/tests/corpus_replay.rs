@@ -14,12 +14,13 @@ use std::time::Instant;
 use genarm_fuzz::targets;
 
 /// Every target, by its corpus directory's name.
-const TARGETS: [(&str, fn(&[u8])); 6] = [
+const TARGETS: [(&str, fn(&[u8])); 7] = [
     ("chat_template", targets::chat_template::chat_template),
     ("detokenize", targets::detokenize::detokenize),
     ("gguf_header", targets::gguf_header::gguf_header),
     ("request_json", targets::request_json::request_json),
     ("safetensors_dir", targets::safetensors_dir::safetensors_dir),
+    ("sparse_certificate", targets::sparse_certificate::sparse_certificate),
     ("step_reply", targets::step_reply::step_reply),
 ];
 

@@ -9,4 +9,5 @@ pub mod gguf_header;
 pub mod request_json;
 #[cfg(feature = "model")]
 pub mod safetensors_dir;
+pub mod sparse_certificate;
 pub mod step_reply;
