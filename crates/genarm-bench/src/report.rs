@@ -45,6 +45,9 @@ pub struct ConfigEcho {
     pub seed: u64,
     /// Temperature.
     pub temperature: f64,
+    /// `top_p`, when sent.
+    #[serde(default)]
+    pub top_p: Option<f64>,
     /// Request deadline, seconds.
     pub request_timeout_s: f64,
 }
@@ -71,6 +74,7 @@ impl ConfigEcho {
             warmup: cfg.warmup,
             seed: cfg.seed,
             temperature: cfg.temperature,
+            top_p: cfg.top_p,
             request_timeout_s: cfg.request_timeout.as_secs_f64(),
         }
     }
@@ -286,7 +290,7 @@ pub fn markdown(report: &BenchReport) -> String {
     };
     let _ = writeln!(
         s,
-        "Model `{}` at {}; {} prompts from `{}`; max_tokens {}, temperature {}, seed {}; {amount}; \
+        "Model `{}` at {}; {} prompts from `{}`; max_tokens {}, temperature {}{}, seed {}; {amount}; \
          warm-up {} requests per run; guidance {guidance}.\n",
         report.model,
         c.url,
@@ -294,6 +298,7 @@ pub fn markdown(report: &BenchReport) -> String {
         c.prompts,
         c.max_tokens,
         c.temperature,
+        c.top_p.map_or(String::new(), |p| format!(", top_p {p}")),
         c.seed,
         c.warmup.map_or("C".to_string(), |w| w.to_string()),
     );
@@ -593,6 +598,7 @@ mod tests {
                 warmup: None,
                 seed: 0,
                 temperature: 1.0,
+                top_p: Some(0.9),
                 request_timeout_s: 60.0,
             },
             runs,
@@ -604,6 +610,7 @@ mod tests {
         }
         let md = std::fs::read_to_string(dir.path().join("bench.md")).unwrap();
         assert!(md.contains("'my file.txt'"), "{md}");
+        assert!(md.contains("temperature 1, top_p 0.9, seed 0"), "{md}");
         assert!(
             md.contains("commit unknown (not in a git checkout)") && md.contains("sha256 `ba7816bf8f01`"),
             "{md}"

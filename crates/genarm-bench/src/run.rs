@@ -49,6 +49,8 @@ pub struct BenchConfig {
     pub seed: u64,
     /// Sampling temperature.
     pub temperature: f64,
+    /// Nucleus sampling's `top_p` of every request; `None`: not sent (the router's default, 1).
+    pub top_p: Option<f64>,
     /// The `model` field; `None`: the base model listed by `GET /v1/models`.
     pub model: Option<String>,
     /// Bearer key for the router, when it requires one.
@@ -93,17 +95,17 @@ pub fn parse_guidance(spec: &str) -> Result<BTreeMap<String, f64>, BenchError> {
 }
 
 /// The request body of request `index`: a streamed chat completion with one user message,
-/// the usage chunk requested, and explicit guidance (`{"rewards": {}}` when unguided, so a
-/// router's `--default-guidance` does not apply).
+/// the usage chunk requested, `top_p` when given, and explicit guidance (`{"rewards": {}}` when
+/// unguided, so a router's `--default-guidance` does not apply).
 pub fn request_body(
     model: &str,
     prompt: &str,
     max_tokens: u32,
-    temperature: f64,
+    (temperature, top_p): (f64, Option<f64>),
     seed: u64,
     rewards: &BTreeMap<String, f64>,
 ) -> Value {
-    json!({
+    let mut body = json!({
         "model": model,
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens,
@@ -112,7 +114,11 @@ pub fn request_body(
         "stream": true,
         "stream_options": {"include_usage": true},
         "guidance": {"rewards": rewards},
-    })
+    });
+    if let Some(p) = top_p {
+        body["top_p"] = json!(p);
+    }
+    body
 }
 
 /// When a phase stops starting requests.
@@ -157,7 +163,7 @@ async fn phase(
                 model,
                 prompt,
                 cfg.max_tokens,
-                cfg.temperature,
+                (cfg.temperature, cfg.top_p),
                 seed_base.wrapping_add(i as u64),
                 rewards,
             );
@@ -233,6 +239,11 @@ fn check(cfg: &BenchConfig) -> Result<(), BenchError> {
         Amount::Requests(0) => return Err(BenchError::Usage("--requests must be ≥ 1".into())),
         Amount::Duration(d) if d.is_zero() => return Err(BenchError::Usage("--duration must be > 0".into())),
         _ => {}
+    }
+    if let Some(p) = cfg.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(BenchError::Usage(format!("--top-p {p}: give a number in (0, 1]")));
+        }
     }
     if cfg.max_tokens == 0 {
         return Err(BenchError::Usage("--max-tokens must be ≥ 1".into()));
@@ -354,14 +365,48 @@ mod tests {
     }
 
     #[test]
+    fn top_p_outside_zero_to_one_is_refused_before_anything_is_sent() {
+        let cfg = |top_p| BenchConfig {
+            url: "http://127.0.0.1:1".into(),
+            prompts: vec!["hi".into()],
+            prompts_source: "p".into(),
+            concurrency: vec![1],
+            max_tokens: 4,
+            guidance: BTreeMap::new(),
+            compare_unguided: false,
+            amount: Amount::Requests(1),
+            warmup: None,
+            seed: 0,
+            temperature: 0.7,
+            top_p,
+            model: None,
+            api_key: None,
+            request_timeout: Duration::from_secs(1),
+            command: vec![],
+            model_files: vec![],
+            progress: false,
+            out: PathBuf::from("out"),
+        };
+        for ok in [None, Some(0.9), Some(1.0)] {
+            check(&cfg(ok)).unwrap();
+        }
+        for bad in [0.0, -0.5, 1.5, f64::NAN] {
+            let e = check(&cfg(Some(bad))).unwrap_err().to_string();
+            assert!(e.contains("--top-p") && e.contains("(0, 1]"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn bodies_are_streamed_seeded_and_explicit_about_guidance() {
-        let b = request_body("m", "hi", 8, 0.0, 7, &BTreeMap::new());
+        let b = request_body("m", "hi", 8, (0.0, None), 7, &BTreeMap::new());
         assert_eq!(b["stream"], true);
         assert_eq!(b["stream_options"]["include_usage"], true);
         assert_eq!(b["guidance"], json!({"rewards": {}}));
         assert_eq!(b["seed"], 7);
         assert_eq!(b["messages"][0]["content"], "hi");
-        let b = request_body("m", "hi", 8, 1.0, 7, &BTreeMap::from([("x".to_string(), 2.0)]));
+        assert!(b.get("top_p").is_none(), "no top_p unless given: {b}");
+        let b = request_body("m", "hi", 8, (0.7, Some(0.9)), 7, &BTreeMap::from([("x".to_string(), 2.0)]));
         assert_eq!(b["guidance"]["rewards"]["x"], 2.0);
+        assert_eq!((b["temperature"].as_f64(), b["top_p"].as_f64()), (Some(0.7), Some(0.9)));
     }
 }

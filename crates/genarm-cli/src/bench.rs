@@ -56,6 +56,9 @@ pub struct BenchArgs {
     /// Sampling temperature of every request (0 = greedy).
     #[arg(long, env = "GENARM_BENCH_TEMPERATURE", default_value_t = 1.0)]
     pub temperature: f64,
+    /// Nucleus sampling: top_p of every request, in (0, 1]. Default: not sent (the router's 1).
+    #[arg(long, env = "GENARM_BENCH_TOP_P")]
+    pub top_p: Option<f64>,
     /// The `model` field of the requests; default: the base model listed by GET /v1/models.
     #[arg(long, env = "GENARM_BENCH_MODEL")]
     pub model: Option<String>,
@@ -115,6 +118,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         warmup: args.warmup,
         seed: args.seed,
         temperature: args.temperature,
+        top_p: args.top_p,
         model: args.model,
         api_key: args.api_key,
         request_timeout: Duration::from_secs(args.request_timeout_secs.max(1)),

@@ -78,6 +78,12 @@ pub struct SimArgs {
     #[arg(long, env = "GENARM_KV_CAPACITY_TOKENS", value_name = "N", default_value_t = 1 << 24)]
     pub kv_capacity_tokens: u64,
 
+    /// The chat template reported in `Info` (a Jinja template, as in tokenizer_config.json);
+    /// default: `<role> <content>` per message, then `assistant` ([`crate::vocab::SIM_CHAT_TEMPLATE`]).
+    /// An empty string reports none (the router then serves only `/v1/completions`).
+    #[arg(long, env = "GENARM_SIM_CHAT_TEMPLATE", value_name = "JINJA", default_value = crate::vocab::SIM_CHAT_TEMPLATE, hide_default_value = true)]
+    pub chat_template: String,
+
     /// Largest gRPC message accepted or sent, in bytes (a full f32 step at batch 256 and a 128k
     /// vocabulary is 131 MB).
     #[arg(long, env = "GENARM_MAX_MESSAGE_BYTES", value_name = "BYTES", default_value_t = 512 * 1024 * 1024)]
@@ -101,6 +107,11 @@ impl SimArgs {
             (SimRole::Reward, Some(n)) => format!("sim-arm-{n}"),
             _ => "sim-base".into(),
         })
+    }
+
+    /// The chat template to report (`None` for an empty `--chat-template`).
+    pub fn chat_template(&self) -> Option<String> {
+        (!self.chat_template.is_empty()).then(|| self.chat_template.clone())
     }
 
     /// The tensor of the rows file to answer with.

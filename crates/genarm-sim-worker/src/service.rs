@@ -52,9 +52,19 @@ impl SimService {
     pub fn new(args: SimArgs, bank: RowBank) -> Result<Self, String> {
         let reward_name = args.reward_name()?.to_string();
         let tokenizer = tokenizer_json(args.vocab_size);
-        let text =
-            genarm_text::ModelText::new(&args.model_id(), &tokenizer, None, None, vec![SIM_EOS_ID], false)
-                .map_err(|e| e.to_string())?;
+        let chat_template = args.chat_template();
+        let text = genarm_text::ModelText::new(
+            &args.model_id(),
+            &tokenizer,
+            chat_template.clone(),
+            None,
+            vec![SIM_EOS_ID],
+            false,
+        )
+        .map_err(|e| e.to_string())?;
+        if chat_template.is_some() {
+            text.check_chat_template().map_err(|e| format!("--chat-template: {e}"))?;
+        }
         let vocab = u32::try_from(args.vocab_size).map_err(|_| "--vocab-size is too large".to_string())?;
         let info = InfoResponse {
             protocol_version: PROTOCOL_VERSION,
@@ -74,7 +84,7 @@ impl SimService {
             tokenizer_json: tokenizer,
             // The full wire only, for now: a router on the sparse wire refuses it at connect time.
             logits_wires: vec![LogitsWire::Full as i32],
-            chat_template: None,
+            chat_template,
             bos_token_id: None,
             eos_token_ids: vec![SIM_EOS_ID],
             add_bos_token: false,

@@ -8,6 +8,12 @@ use serde_json::{json, Map, Value};
 /// benchmarks generate their full `max_tokens`.
 pub const SIM_EOS_ID: u32 = 0;
 
+/// The simulated models' chat template (reported in `Info`, so the router serves
+/// `/v1/chat/completions` over them as over a real model): each message as `<role> <content>`,
+/// then `assistant` for the generation prompt. Words outside `t0 … t{V-1}` encode as `t0`.
+pub const SIM_CHAT_TEMPLATE: &str = "{% for m in messages %}{{ m.role }} {{ m.content }}\n{% endfor %}\
+{% if add_generation_prompt %}assistant {% endif %}";
+
 /// The `tokenizer.json` of a word-level tokenizer with tokens `t0 … t{V-1}` (whitespace
 /// pre-tokenization, unknown words map to `t0`).
 pub fn tokenizer_json(vocab: usize) -> String {
@@ -43,5 +49,19 @@ mod tests {
             text.fingerprint(1000),
             genarm_text::ModelText::new("x", &json, None, None, vec![], false).unwrap().fingerprint(1000)
         );
+    }
+
+    #[test]
+    fn the_chat_template_renders_roles_and_contents_and_the_generation_prompt() {
+        let json = tokenizer_json(100);
+        let text =
+            genarm_text::ModelText::new("sim", &json, Some(SIM_CHAT_TEMPLATE.into()), None, vec![0], false)
+                .unwrap();
+        let messages =
+            [genarm_text::ChatMessage::new("system", "t3"), genarm_text::ChatMessage::new("user", "t5 t7")];
+        let rendered = text.render_chat(&messages, true).unwrap();
+        assert_eq!(rendered, "system t3\nuser t5 t7\nassistant ");
+        assert_eq!(text.encode_prompt("t5 t7 t99").unwrap(), vec![5, 7, 99]);
+        assert_eq!(text.render_chat(&messages[1..], false).unwrap(), "user t5 t7\n");
     }
 }

@@ -153,4 +153,16 @@ async fn a_real_router_serves_guided_requests_over_simulated_workers() {
         texts.push(v["choices"][0]["text"].as_str().unwrap().to_string());
     }
     assert_ne!(texts[0], texts[1], "guidance by the simulated ARM must change the greedy output");
+    // Chat completions too: the simulated models report a chat template.
+    let body = serde_json::json!({
+        "model": "sim", "messages": [{"role": "user", "content": "t5 t6 t7"}], "max_tokens": 4,
+        "temperature": 0.7, "top_p": 0.9, "seed": 1, "guidance": {"rewards": {"helpful": 1.0}}
+    });
+    let r = http.post(format!("http://{addr}/v1/chat/completions")).json(&body).send().await.unwrap();
+    let status = r.status();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 4, "{v}");
+    // 3 words of the message, `user` and `assistant` (both outside the vocabulary: t0).
+    assert_eq!(v["usage"]["prompt_tokens"], 5, "{v}");
 }

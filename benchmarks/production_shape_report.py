@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""production_shape_report.py OUT: the report of benchmarks/production_shape.sh.
+
+Reads OUT/run.json (grid, rows, provenance), OUT/cells.jsonl (one line per cell run) and, per
+cell, its genarm bench report (cells/<id>/bench/bench.json) and the router's final /metrics
+(cells/<id>/metrics.txt); writes OUT/production_shape.json (every cell's raw figures) and
+OUT/production_shape.md (the table), and prints the table. Python standard library only.
+
+Figures per cell, all over genarm bench's measured phase (its /metrics scrapes before and after)
+unless said otherwise:
+  step wall mean      genarm_step_duration_seconds sum / count
+  ITL p50             the clients' inter-token gaps (SSE chunk arrivals), median: the step
+                      period as a stream sees it (the router's histogram buckets are too coarse
+                      for a median)
+  forward             the slowest worker's self-reported forward per step (the simulated time)
+  router overhead     genarm_step_router_overhead_seconds (step wall − slowest forward), and its
+                      share of the step wall (sum over sum)
+  fusion + sampling   genarm_fusion_sampling_seconds per step
+  wire / step         genarm_step_wire_bytes_total per step (measured); where the router does
+                      not export it: batch × V × bytes per logit × models, marked "computed"
+  tok/s               output tokens of completed requests / the measured phase's wall time
+  vs 0 ARMs           tok/s ÷ tok/s of the cell with the same wire, batch, vocab and sampling
+                      and no ARM
+  fallback            sparse wire only: the router's counters named *fallback* over its
+                      genarm_step_sequences_total, both over the router's life (warm-up
+                      included); "n/a" for the full-row wire
+"""
+
+import json
+import os
+import re
+import sys
+
+BYTES_PER_LOGIT = {"f32": 4, "bf16": 2, "f16": 2}
+LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+
+
+def read_metrics(path):
+    """{name: total over every label set} of a Prometheus text exposition."""
+    totals = {}
+    if not os.path.exists(path):
+        return totals
+    with open(path) as f:
+        for line in f:
+            m = LINE.match(line)
+            if not m or line.startswith("#"):
+                continue
+            try:
+                v = float(m.group(3))
+            except ValueError:
+                continue
+            totals[m.group(1)] = totals.get(m.group(1), 0.0) + v
+    return totals
+
+
+def fallback_rate(wire, metrics):
+    """(rate or None, the counters used or why not)."""
+    if wire == "full":
+        return None, "n/a (full-row wire)"
+    names = sorted(n for n in metrics if "fallback" in n and n.endswith("_total"))
+    seqs = metrics.get("genarm_step_sequences_total")
+    if not names:
+        return None, "the router exports no *fallback* counter"
+    if not seqs:
+        return None, "no sequence steps"
+    return sum(metrics[n] for n in names) / seqs, "+".join(names) + " / genarm_step_sequences_total"
+
+
+def cell_figures(out, cell, grid):
+    d = os.path.join(out, cell["dir"])
+    with open(os.path.join(d, "bench", "bench.json")) as f:
+        bench = json.load(f)
+    runs = bench["runs"]
+    if len(runs) != 1:
+        raise SystemExit(f"{d}/bench/bench.json: expected one run, found {len(runs)}")
+    run = runs[0]
+    acc = run.get("step_accounting") or {}
+    metrics = read_metrics(os.path.join(d, "metrics.txt"))
+    models = 1 + cell["arms"]
+    wire_bytes = acc.get("wire_bytes_per_step")
+    wire_source = "measured (genarm_step_wire_bytes_total)"
+    if wire_bytes is None:
+        wire_bytes = cell["batch"] * cell["vocab"] * BYTES_PER_LOGIT[grid["logits_dtype"]] * models
+        wire_source = "computed (batch × V × bytes per logit × models)"
+    rate, rate_source = fallback_rate(cell["wire"], metrics)
+    seq_steps = (acc.get("deltas") or {}).get("genarm_step_sequences_total")
+    return {
+        "requests": run["requests"],
+        "errors": run["errors"] + run["warmup_errors"],
+        "output_tokens": run["output_tokens"],
+        "duration_s": run["duration_s"],
+        "output_tokens_per_s": run["output_tokens_per_s"],
+        "mean_output_tokens": run.get("mean_output_tokens"),
+        "finish_reasons": run.get("finish_reasons"),
+        "steps": acc.get("steps"),
+        "full_batch_step_equivalents": (seq_steps / cell["batch"]) if seq_steps else None,
+        "mean_batch_size": acc.get("mean_batch_size"),
+        "step_wall_mean_s": acc.get("mean_step_wall_s"),
+        "itl_p50_s": (run.get("itl") or {}).get("p50"),
+        "itl_p95_s": (run.get("itl") or {}).get("p95"),
+        "slowest_forward_mean_s": acc.get("mean_slowest_forward_s"),
+        "router_overhead_mean_s": acc.get("mean_router_overhead_s"),
+        "router_overhead_pct": acc.get("router_overhead_pct"),
+        "fusion_sampling_per_step_s": acc.get("fusion_sampling_per_step_s"),
+        "wire_bytes_per_step": wire_bytes,
+        "wire_bytes_source": wire_source,
+        "wire_bytes_per_token": acc.get("wire_bytes_per_token"),
+        "fallback_rate": rate,
+        "fallback_source": rate_source,
+        "accounting_note": acc.get("note"),
+        "bench_json": os.path.join(cell["dir"], "bench", "bench.json"),
+        "bench_provenance": bench.get("provenance"),
+    }
+
+
+def ms(x, digits=1):
+    return "n/a" if x is None else f"{x * 1e3:.{digits}f}"
+
+
+def main():
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: production_shape_report.py OUT")
+    out = sys.argv[1]
+    with open(os.path.join(out, "run.json")) as f:
+        run = json.load(f)
+    with open(os.path.join(out, "cells.jsonl")) as f:
+        cells = [json.loads(line) for line in f if line.strip()]
+    if not cells:
+        raise SystemExit(f"{out}/cells.jsonl lists no cell")
+    for c in cells:
+        c["figures"] = cell_figures(out, c, run["grid"])
+    key = lambda c: (c["wire"], c["batch"], c["vocab"], c["sampling"])
+    unguided = {key(c): c["figures"]["output_tokens_per_s"] for c in cells if c["arms"] == 0}
+    for c in cells:
+        base = unguided.get(key(c))
+        tps = c["figures"]["output_tokens_per_s"]
+        c["figures"]["vs_unguided"] = (tps / base) if base and c["arms"] > 0 else None
+
+    g = run["grid"]
+    lines = []
+    cmd = " ".join(run["command"])
+    env = (f"FORWARD_MS={g['forward_ms']} MAX_TOKENS={g['max_tokens']} ROUNDS={g['rounds']} "
+           f"LOGITS_DTYPE={g['logits_dtype']} SEED={g['seed']}")
+    lines.append(f"`{cmd}` ({env}); genarm commit `{run['git_commit']}`"
+                 f"{' (tree dirty)' if run['git_dirty'] else ''}; {run['host']}, {run['cpus']} CPUs, "
+                 f"load average {run['load_before']} before and {run.get('load_after', '?')} after; "
+                 f"rows `{os.path.basename(run['rows']['path'])}` (sha256 `{run['rows']['sha256'][:12]}`, "
+                 f"{run['rows']['record_prompts']} prompts × {run['rows']['record_tokens']} positions of "
+                 f"SmolLM2-135M and {', '.join(run['rows']['arms'])}).")
+    lines.append("")
+    lines.append("| wire | batch | ARMs | V | sampling | mean batch | steps | step wall mean (ms) | ITL p50 (ms) "
+                 "| forward (ms) | router overhead (ms, % of step) | fusion + sampling (ms) | wire MB / step "
+                 "| tok/s | vs 0 ARMs | fallback |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    warnings = []
+    for c in cells:
+        f = c["figures"]
+        pct = f["router_overhead_pct"]
+        over = ms(f["router_overhead_mean_s"]) + ("" if pct is None else f" ({pct:.0f}%)")
+        wire = f"{f['wire_bytes_per_step'] / 1e6:.1f}" + (" (computed)" if f["wire_bytes_source"].startswith("computed") else "")
+        vs = "—" if f["vs_unguided"] is None else f"{f['vs_unguided']:.2f}"
+        fb = "n/a" if c["wire"] == "full" else ("?" if f["fallback_rate"] is None else f"{100 * f['fallback_rate']:.2f}%")
+        mb = "n/a" if f["mean_batch_size"] is None else f"{f['mean_batch_size']:.1f}"
+        steps = "n/a" if f["steps"] is None else f"{f['steps']:.0f}"
+        lines.append(f"| {c['wire']} | {c['batch']} | {c['arms']} | {c['vocab']} | {c['sampling']} | {mb} | {steps} "
+                     f"| {ms(f['step_wall_mean_s'])} | {ms(f['itl_p50_s'])} | {ms(f['slowest_forward_mean_s'])} "
+                     f"| {over} | {ms(f['fusion_sampling_per_step_s'], 2)} | {wire} | {f['output_tokens_per_s']:.0f} "
+                     f"| {vs} | {fb} |")
+        fbe = f["full_batch_step_equivalents"]
+        if fbe is not None and fbe < 30:
+            warnings.append(f"{c['id']}: only {fbe:.0f} full-batch steps' worth of sequences (raise MAX_TOKENS or ROUNDS)")
+        if c["wire"] != "full" and f["fallback_rate"] is None:
+            warnings.append(f"{c['id']}: fallback rate unknown: {f['fallback_source']}")
+        if f["accounting_note"]:
+            warnings.append(f"{c['id']}: {f['accounting_note']}")
+    if warnings:
+        lines.append("")
+        lines.extend(f"- warning: {w}" for w in warnings)
+    md = "\n".join(lines) + "\n"
+
+    report = dict(run)
+    report["tool"] = "benchmarks/production_shape.sh"
+    report["figure_definitions"] = __doc__.split("Figures per cell,", 1)[1].strip()
+    report["cells"] = cells
+    with open(os.path.join(out, "production_shape.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    with open(os.path.join(out, "production_shape.md"), "w") as f:
+        f.write("# Production shape (simulated GPU workers)\n\n" + md)
+    print(md, end="")
+    print(f"\nwrote {out}/production_shape.json and {out}/production_shape.md", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
