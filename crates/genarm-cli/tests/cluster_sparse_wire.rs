@@ -53,11 +53,7 @@ fn outcome(resp: &Value) -> (String, Value) {
 
 /// A counter of a router's `/metrics`, summed over its label sets.
 fn counter_sum(cluster: &Cluster, name: &str) -> f64 {
-    let text = http::get(&cluster.url("/metrics")).unwrap().text();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .sum()
+    genarm_testkit::metrics::total(&http::get(&cluster.url("/metrics")).unwrap().text(), name)
 }
 
 #[test]

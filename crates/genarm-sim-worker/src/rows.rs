@@ -6,14 +6,19 @@
 //! logit; when `V > Vr`, each extra id copies the logit of a recorded id chosen by a fixed hash,
 //! lowered by [`EXTRA_ID_SHIFT`] — a larger tokenizer's extra ids are rarer tokens, so the head,
 //! entropy and top-k mass of the recorded distribution survive the mapping.
+//!
+//! For the sparse wire the bank certifies each mapped row once per (row, candidates, length) with
+//! the real workers' [`certify_row`], so a simulated step answers as a real worker would at the
+//! cost of a clone.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
 use genarm_fusion::rng::SplitMix64;
-use genarm_fusion::{pack, WireDtype};
+use genarm_fusion::{certify_row, pack, OwnedRowCertificate, WireDtype};
 use genarm_proto::prost::bytes::Bytes;
+use genarm_proto::v1::seq_result::Outcome;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
@@ -51,6 +56,9 @@ pub struct RowBank {
     vocab: usize,
     /// Packed mapped rows by (row, dtype, logits length).
     packed: Mutex<HashMap<(usize, WireDtype, usize), Bytes>>,
+    /// Sparse-wire answers by (row, candidates, logits length): the certificate, or `None` for a
+    /// row `certify_row` refuses (answered with the full f32 row, as a real worker does).
+    certified: Mutex<HashMap<(usize, usize, usize), Option<genarm_proto::v1::SparseLogits>>>,
 }
 
 impl RowBank {
@@ -63,7 +71,7 @@ impl RowBank {
         if vocab == 0 {
             return Err("the simulated vocabulary is empty".into());
         }
-        Ok(RowBank { rows, vocab, packed: Mutex::new(HashMap::new()) })
+        Ok(RowBank { rows, vocab, packed: Mutex::new(HashMap::new()), certified: Mutex::new(HashMap::new()) })
     }
 
     /// Reads tensor `tensor` (shape `[rows, recorded vocab]`, F32 or F16) of the safetensors
@@ -153,11 +161,10 @@ impl RowBank {
         self.rows.is_empty()
     }
 
-    /// The row that sequence `seq_id` gets at `position` under `seed`: the same on every simulated
-    /// model of a cluster started with one seed.
-    pub fn index(&self, seed: u64, seq_id: u64, position: u64) -> usize {
-        let mut h =
-            SplitMix64::new(seed ^ seq_id.wrapping_mul(0xD6E8_FEB8_6659_FD93) ^ position.rotate_left(32));
+    /// The row a sequence whose tokens hash to `history` gets under `seed`: the same on every
+    /// simulated model of a cluster started with one seed.
+    pub fn index(&self, seed: u64, history: u64) -> usize {
+        let mut h = SplitMix64::new(seed ^ history.wrapping_mul(0xD6E8_FEB8_6659_FD93));
         (h.next_u64() % self.rows.len() as u64) as usize
     }
 
@@ -189,6 +196,36 @@ impl RowBank {
         let bytes = Bytes::from(out);
         self.packed.lock().unwrap_or_else(|e| e.into_inner()).insert(key, bytes.clone());
         bytes
+    }
+}
+
+impl RowBank {
+    /// The sparse-wire answer for row `index` cut to `len` logits with `candidates` candidates
+    /// (capped at `len`): its certificate, or — for a row that cannot be certified (NaN, +∞, all
+    /// masked) — the full row packed as `fallback`, as `genarm-worker` answers. Computed once,
+    /// then cloned.
+    pub fn sparse(&self, index: usize, candidates: usize, len: usize, fallback: WireDtype) -> Outcome {
+        let index = index % self.rows.len();
+        let candidates = candidates.clamp(1, len.max(1));
+        let key = (index, candidates, len);
+        let cached = self.certified.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+        let certificate = match cached {
+            Some(c) => c,
+            None => {
+                let mut row = self.mapped(index);
+                row.resize(len, f32::NEG_INFINITY);
+                let mut cert = OwnedRowCertificate::default();
+                let c = certify_row(&row, candidates, &mut cert)
+                    .ok()
+                    .map(|()| genarm_worker::step::sparse_logits(&cert));
+                self.certified.lock().unwrap_or_else(|e| e.into_inner()).insert(key, c.clone());
+                c
+            }
+        };
+        match certificate {
+            Some(c) => Outcome::Sparse(c),
+            None => Outcome::Logits(self.packed(index, fallback, len)),
+        }
     }
 }
 
@@ -229,13 +266,36 @@ mod tests {
     fn a_sequence_gets_the_same_row_on_every_model_and_rows_are_deterministic() {
         let base = RowBank::synthetic(50, 64, 64, 1, 0).unwrap();
         let arm = RowBank::synthetic(50, 64, 64, 1, 3).unwrap();
-        assert_eq!(base.index(9, 123, 4), arm.index(9, 123, 4));
-        let spread: std::collections::HashSet<usize> = (0..200).map(|p| base.index(9, 123, p)).collect();
-        assert!(spread.len() > 30, "positions should spread over the rows: {}", spread.len());
+        assert_eq!(base.index(9, 123), arm.index(9, 123));
+        let spread: std::collections::HashSet<usize> = (0..200).map(|h| base.index(9, h)).collect();
+        assert!(spread.len() > 30, "histories should spread over the rows: {}", spread.len());
         assert_eq!(base.mapped(5), RowBank::synthetic(50, 64, 64, 1, 0).unwrap().mapped(5));
         assert_ne!(base.mapped(5), arm.mapped(5), "a variant must disagree with the base");
         let packed = base.packed(5, WireDtype::F32, 70);
         assert_eq!(packed.len(), 70 * 4);
         assert_eq!(packed.as_ptr(), base.packed(5, WireDtype::F32, 70).as_ptr(), "packed once, then shared");
+    }
+
+    #[test]
+    fn a_sparse_answer_is_the_real_workers_certificate_of_the_mapped_row() {
+        let bank = RowBank::synthetic(4, 64, 200, 3, 0).unwrap();
+        let Outcome::Sparse(s) = bank.sparse(2, 8, 150, WireDtype::F32) else { panic!("certified") };
+        let mut row = bank.mapped(2);
+        row.truncate(150);
+        let mut cert = OwnedRowCertificate::default();
+        certify_row(&row, 8, &mut cert).unwrap();
+        assert_eq!(s, genarm_worker::step::sparse_logits(&cert));
+        assert_eq!(s.ids.len(), 8);
+        assert!(s.ids.iter().all(|&id| id < 150), "candidates stay inside logits_len");
+        // Candidates are capped at the row's length.
+        let Outcome::Sparse(all) = bank.sparse(2, 500, 150, WireDtype::F32) else { panic!() };
+        assert_eq!(all.ids.len(), 150);
+        assert_eq!(all.outside_max, f32::NEG_INFINITY);
+        // A row that cannot be certified (NaN) is answered in full.
+        let nan = RowBank::new(vec![vec![1.0, f32::NAN, 0.5]], 3).unwrap();
+        let Outcome::Logits(b) = nan.sparse(0, 2, 3, WireDtype::F32) else {
+            panic!("a NaN row goes out in full")
+        };
+        assert_eq!(b.len(), 12);
     }
 }

@@ -1,19 +1,21 @@
 //! [`SimService`]: the `genarm.v1.Worker` protocol over a [`RowBank`]. It keeps every sequence's
 //! length as a real worker keeps its KV (so replays, releases and KV exhaustion behave as the
 //! protocol says), serializes steps as one GPU engine does, waits the simulated forward time, and
-//! answers each sequence with its recorded row.
+//! answers each sequence with its recorded row — in full, or on the sparse wire as its
+//! certificate, the row then served by `FetchRows` until the sequence's next step — with the
+//! request checks of `genarm-worker` itself.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use genarm_fusion::WireDtype;
 use genarm_proto::v1::seq_result::Outcome;
 use genarm_proto::v1::worker_server::Worker;
 use genarm_proto::v1::{
-    FetchRowsRequest, InfoRequest, InfoResponse, LogitsDtype, LogitsWire, ReleaseRequest, ReleaseResponse,
-    Role, SeqError, SeqErrorCode, SeqResult, StatsRequest, StatsResponse, StepRequest, StepResponse,
-    PROTOCOL_VERSION,
+    FetchRowsRequest, InfoRequest, InfoResponse, LogitsWire, ReleaseRequest, ReleaseResponse, Role, SeqError,
+    SeqErrorCode, SeqResult, StatsRequest, StatsResponse, StepRequest, StepResponse, PROTOCOL_VERSION,
 };
+use genarm_worker::role::WorkerRole;
+use genarm_worker::step::{prepare_fetch, prepare_step, StepWire};
 use tonic::{Request, Response, Status};
 
 use crate::args::{SimArgs, SimRole};
@@ -22,6 +24,15 @@ use crate::vocab::{tokenizer_json, SIM_EOS_ID};
 
 /// The simulated KV block size reported in `Info` and `Stats`.
 const BLOCK: u64 = 16;
+
+/// What a simulated sequence holds in place of its KV: its length and a hash of its tokens, which
+/// picks its rows — so a sequence's rows follow from its content, as a real model's do: two
+/// routers (or a replay) that send the same tokens get the same rows, whatever the sequence ids.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    len: u32,
+    history: u64,
+}
 
 #[derive(Default)]
 struct Counters {
@@ -34,8 +45,13 @@ struct Shared {
     info: InfoResponse,
     bank: RowBank,
     args: SimArgs,
-    /// Sequence id → tokens held.
-    seqs: Mutex<HashMap<u64, u32>>,
+    /// What `Step` and `FetchRows` check the reward name against.
+    role: WorkerRole,
+    /// Sequence id → what it holds.
+    seqs: Mutex<HashMap<u64, Held>>,
+    /// Sequence id → (row index, logits_len) of its last step, when that step was sparse: what
+    /// `FetchRows` answers.
+    kept: Mutex<HashMap<u64, (usize, usize)>>,
     counters: Mutex<Counters>,
     /// One step at a time, as on one engine.
     engine: tokio::sync::Mutex<()>,
@@ -82,20 +98,25 @@ impl SimService {
             kv_capacity_tokens: args.kv_capacity_tokens,
             kv_block_size: BLOCK as u32,
             tokenizer_json: tokenizer,
-            // The full wire only, for now: a router on the sparse wire refuses it at connect time.
-            logits_wires: vec![LogitsWire::Full as i32],
+            logits_wires: vec![LogitsWire::Full as i32, LogitsWire::Sparse as i32],
             chat_template,
             bos_token_id: None,
             eos_token_ids: vec![SIM_EOS_ID],
             add_bos_token: false,
             instance_id: uuid::Uuid::new_v4().to_string(),
         };
+        let role = match args.role {
+            SimRole::Base => WorkerRole::Base,
+            SimRole::Reward => WorkerRole::Reward { name: info.reward_name.clone() },
+        };
         Ok(SimService {
             shared: Arc::new(Shared {
                 info,
                 bank,
                 args,
+                role,
                 seqs: Mutex::new(HashMap::new()),
+                kept: Mutex::new(HashMap::new()),
                 counters: Mutex::new(Counters::default()),
                 engine: tokio::sync::Mutex::new(()),
             }),
@@ -110,50 +131,38 @@ impl SimService {
     /// One step (see the module docs).
     pub async fn handle_step(&self, req: StepRequest) -> Result<StepResponse, Status> {
         let sh = &self.shared;
-        if req.reward_name != sh.info.reward_name {
-            return Err(Status::invalid_argument(format!(
-                "this simulated worker serves reward name {:?}, the step is for {:?}",
-                sh.info.reward_name, req.reward_name
-            )));
-        }
-        let dtype = match LogitsDtype::try_from(req.logits_dtype) {
-            Ok(LogitsDtype::F32) => WireDtype::F32,
-            Ok(LogitsDtype::Bf16) => WireDtype::Bf16,
-            Ok(LogitsDtype::F16) => WireDtype::F16,
-            Err(_) => {
-                return Err(Status::invalid_argument(format!("unknown logits dtype {}", req.logits_dtype)))
-            }
-        };
-        let vocab = sh.args.vocab_size;
-        let len = match req.logits_len as usize {
-            0 => vocab,
-            n if n <= vocab => n,
-            n => {
-                return Err(Status::invalid_argument(format!(
-                    "logits_len {n} exceeds the vocab size {vocab}"
-                )))
-            }
-        };
+        let step = prepare_step(req, &sh.role, sh.args.vocab_size)?;
+        let (dtype, len) = (step.dtype, step.logits_len);
         let _engine = sh.engine.lock().await;
-        let forward = sh.args.forward_time(req.seqs.len());
+        let forward = sh.args.forward_time(step.seqs.len());
         tokio::time::sleep(forward).await;
-        let mut results = Vec::with_capacity(req.seqs.len());
+        let mut results = Vec::with_capacity(step.seqs.len());
         let mut tokens = 0u64;
         {
             let mut seqs = sh.seqs.lock().unwrap_or_else(|e| e.into_inner());
-            let mut held: u64 = seqs.values().map(|&n| u64::from(n)).sum();
-            for s in req.seqs {
-                let outcome = match admit(
+            let mut kept = sh.kept.lock().unwrap_or_else(|e| e.into_inner());
+            let mut held: u64 = seqs.values().map(|h| u64::from(h.len)).sum();
+            for s in step.seqs {
+                let admitted = admit(
                     &mut seqs,
                     &mut held,
-                    &s,
+                    (s.seq_id, s.start_pos, &s.tokens),
                     sh.args.kv_capacity_tokens,
                     sh.args.max_positions,
-                ) {
-                    Ok(new_len) => {
+                );
+                // Only a sparse step that advanced the sequence leaves a row to fetch.
+                kept.remove(&s.seq_id);
+                let outcome = match admitted {
+                    Ok(history) => {
                         tokens += s.tokens.len() as u64;
-                        let index = sh.bank.index(sh.args.seed, s.seq_id, u64::from(new_len));
-                        Outcome::Logits(sh.bank.packed(index, dtype, len))
+                        let index = sh.bank.index(sh.args.seed, history);
+                        match step.wire {
+                            StepWire::Full => Outcome::Logits(sh.bank.packed(index, dtype, len)),
+                            StepWire::Sparse { candidates } => {
+                                kept.insert(s.seq_id, (index, len));
+                                sh.bank.sparse(index, candidates, len, dtype)
+                            }
+                        }
                     }
                     Err((code, message)) => Outcome::Error(SeqError { code: code as i32, message }),
                 };
@@ -167,17 +176,59 @@ impl SimService {
         Ok(StepResponse { results, forward_micros: forward.as_micros() as u64 })
     }
 
+    /// One `FetchRows`: per sequence, the full row of its last step when that step was sparse.
+    pub fn handle_fetch(&self, req: FetchRowsRequest) -> Result<StepResponse, Status> {
+        let sh = &self.shared;
+        let fetch = prepare_fetch(req, &sh.role, sh.args.vocab_size)?;
+        let kept = sh.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let results = fetch
+            .seq_ids
+            .iter()
+            .map(|&seq_id| {
+                let outcome = match kept.get(&seq_id) {
+                    Some(&(index, len)) if len == fetch.logits_len => {
+                        Outcome::Logits(sh.bank.packed(index, fetch.dtype, len))
+                    }
+                    Some(&(_, len)) => Outcome::Error(SeqError {
+                        code: SeqErrorCode::Invalid as i32,
+                        message: format!(
+                            "sequence {seq_id}: its kept row has {len} logits (its step's logits_len), \
+                             FetchRows asks for {}; fetch with the step's logits_len",
+                            fetch.logits_len
+                        ),
+                    }),
+                    None => Outcome::Error(SeqError {
+                        code: SeqErrorCode::UnknownSequence as i32,
+                        message: format!(
+                            "no kept row for sequence {seq_id}: its last step was not a sparse step, or it was released"
+                        ),
+                    }),
+                };
+                SeqResult { seq_id, outcome: Some(outcome) }
+            })
+            .collect();
+        Ok(StepResponse { results, forward_micros: 0 })
+    }
+
     /// Frees sequences; unknown ids are ignored.
     pub fn handle_release(&self, req: ReleaseRequest) -> ReleaseResponse {
         let mut seqs = self.shared.seqs.lock().unwrap_or_else(|e| e.into_inner());
-        let released = req.seq_ids.iter().filter(|id| seqs.remove(id).is_some()).count();
+        let mut kept = self.shared.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let released = req
+            .seq_ids
+            .iter()
+            .filter(|&id| {
+                kept.remove(id);
+                seqs.remove(id).is_some()
+            })
+            .count();
         ReleaseResponse { released: released as u32 }
     }
 
     /// The counters and the simulated KV use.
     pub fn handle_stats(&self) -> StatsResponse {
         let seqs = self.shared.seqs.lock().unwrap_or_else(|e| e.into_inner());
-        let used: u64 = seqs.values().map(|&n| u64::from(n).div_ceil(BLOCK)).sum();
+        let used: u64 = seqs.values().map(|h| u64::from(h.len).div_ceil(BLOCK)).sum();
         let c = self.shared.counters.lock().unwrap_or_else(|e| e.into_inner());
         StatsResponse {
             steps: c.steps,
@@ -192,49 +243,55 @@ impl SimService {
     }
 }
 
-/// Checks one sequence of a step against what is held and grows it; its new length, or the
-/// protocol's error for it.
+/// Checks one sequence of a step against what is held and grows it; the hash of its tokens so
+/// far, or the protocol's error for it.
 fn admit(
-    seqs: &mut HashMap<u64, u32>,
+    seqs: &mut HashMap<u64, Held>,
     held: &mut u64,
-    s: &genarm_proto::v1::SeqStep,
+    (id, start_pos, new_tokens): (u64, usize, &[u32]),
     capacity: u64,
     max_positions: u32,
-) -> Result<u32, (SeqErrorCode, String)> {
-    let id = s.seq_id;
-    if s.tokens.is_empty() {
+) -> Result<u64, (SeqErrorCode, String)> {
+    if new_tokens.is_empty() {
         return Err((SeqErrorCode::Invalid, format!("sequence {id}: a step needs at least one new token")));
     }
     let have = seqs.get(&id).copied();
-    match (have, s.start_pos) {
-        (None, 0) => {}
+    let history = match (have, start_pos) {
+        (None, 0) => 0,
         (None, p) => {
             return Err((SeqErrorCode::UnknownSequence, format!("sequence {id} is unknown (start_pos {p})")));
         }
-        (Some(n), p) if n != p => {
+        (Some(h), p) if h.len as usize != p => {
             return Err((
                 SeqErrorCode::PositionMismatch,
-                format!("sequence {id} holds {n} tokens, the step starts at {p}"),
+                format!("sequence {id} holds {} tokens, the step starts at {p}", h.len),
             ));
         }
-        (Some(_), _) => {}
-    }
-    let new_len = s.start_pos as u64 + s.tokens.len() as u64;
+        (Some(h), _) => h.history,
+    };
+    let new_len = (start_pos + new_tokens.len()) as u64;
     if new_len > u64::from(max_positions) {
         return Err((
             SeqErrorCode::Invalid,
             format!("sequence {id}: {new_len} positions exceed {max_positions}"),
         ));
     }
-    if *held + s.tokens.len() as u64 > capacity {
+    if *held + new_tokens.len() as u64 > capacity {
         return Err((
             SeqErrorCode::KvExhausted,
             format!("the simulated KV cache of {capacity} tokens is full"),
         ));
     }
-    *held += s.tokens.len() as u64;
-    seqs.insert(id, new_len as u32);
-    Ok(new_len as u32)
+    *held += new_tokens.len() as u64;
+    let history = new_tokens.iter().fold(history, |h, &t| fold_token(h, t));
+    seqs.insert(id, Held { len: new_len as u32, history });
+    Ok(history)
+}
+
+/// One more token folded into a sequence's history hash.
+fn fold_token(history: u64, token: u32) -> u64 {
+    genarm_fusion::rng::SplitMix64::new(history ^ u64::from(token).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .next_u64()
 }
 
 #[tonic::async_trait]
@@ -247,14 +304,8 @@ impl Worker for SimService {
         self.handle_step(request.into_inner()).await.map(Response::new)
     }
 
-    async fn fetch_rows(
-        &self,
-        _request: Request<FetchRowsRequest>,
-    ) -> Result<Response<StepResponse>, Status> {
-        Err(Status::unimplemented(
-            "genarm-sim-worker answers with the full logits wire only (its Info lists no sparse wire): \
-             run the router with --logits-wire full",
-        ))
+    async fn fetch_rows(&self, request: Request<FetchRowsRequest>) -> Result<Response<StepResponse>, Status> {
+        self.handle_fetch(request.into_inner()).map(Response::new)
     }
 
     async fn release(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {

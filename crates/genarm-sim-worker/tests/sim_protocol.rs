@@ -8,7 +8,8 @@ use genarm_fusion::{unpack, WireDtype};
 use genarm_proto::v1::seq_result::Outcome;
 use genarm_proto::v1::worker_client::WorkerClient;
 use genarm_proto::v1::{
-    InfoRequest, ReleaseRequest, Role, SeqErrorCode, SeqStep, StatsRequest, StepRequest, WORKER_SERVICE_NAME,
+    FetchRowsRequest, InfoRequest, LogitsWire, ReleaseRequest, Role, SeqErrorCode, SeqStep, StatsRequest,
+    StepRequest, WORKER_SERVICE_NAME,
 };
 use genarm_testkit::cluster::{genarm_command, ChildProcess};
 use tonic::transport::Channel;
@@ -125,14 +126,71 @@ async fn rows_are_deterministic_per_seed_and_an_arm_disagrees_with_the_base() {
 }
 
 #[tokio::test]
-async fn a_real_router_serves_guided_requests_over_simulated_workers() {
-    let (_base, base_url) = sim("sim base", &["--forward-ms", "2"]);
-    let (_arm, arm_url) =
-        sim("sim arm", &["--forward-ms", "2", "--role", "reward", "--reward-name", "helpful"]);
+async fn the_sparse_wire_sends_certificates_of_the_full_rows_and_fetch_rows_serves_them() {
+    let (_w, url) = sim("sim arm", &["--forward-ms", "0", "--role", "reward", "--reward-name", "helpful"]);
+    let mut c = client(&url).await;
+    let info = c.info(InfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.logits_wires, [LogitsWire::Full as i32, LogitsWire::Sparse as i32]);
+    // A twin (same seed) gives the same rows for the same tokens: its sparse step is checked
+    // against the first worker's full step of the same sequences.
+    let (_twin, twin_url) =
+        sim("sim arm twin", &["--forward-ms", "0", "--role", "reward", "--reward-name", "helpful"]);
+    let mut twin = client(&twin_url).await;
+    let seqs = || (1..=3).map(|id| (id, 0, vec![4, 5])).collect::<Vec<_>>();
+    let full = c.step(step("helpful", seqs())).await.unwrap().into_inner();
+    let mut sparse_req = step("helpful", seqs());
+    sparse_req.logits_wire = LogitsWire::Sparse as i32;
+    sparse_req.candidates = 16;
+    let sparse = twin.step(sparse_req).await.unwrap().into_inner();
+    for (f, s) in full.results.iter().zip(&sparse.results) {
+        let row = logits(&f.outcome);
+        let Some(Outcome::Sparse(cert)) = &s.outcome else {
+            panic!("expected a certificate: {:?}", s.outcome)
+        };
+        assert_eq!(cert.ids.len(), 16);
+        let mut order: Vec<u32> = (0..V as u32).collect();
+        order.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+        assert_eq!(cert.ids, order[..16], "the candidates are the row's top 16, in rank order");
+        for (&id, &x) in cert.ids.iter().zip(&cert.logits) {
+            assert_eq!(x, row[id as usize]);
+        }
+        assert_eq!(cert.outside_max, row[order[16] as usize]);
+    }
+    // FetchRows serves the sparse step's full rows until the next step or the release.
+    let fetch = |ids: Vec<u64>| FetchRowsRequest {
+        reward_name: "helpful".into(),
+        seq_ids: ids,
+        logits_dtype: 0,
+        logits_len: V as u32,
+    };
+    let rows = twin.fetch_rows(fetch(vec![2, 1])).await.unwrap().into_inner();
+    assert_eq!(logits(&rows.results[0].outcome), logits(&full.results[1].outcome));
+    assert_eq!(logits(&rows.results[1].outcome), logits(&full.results[0].outcome));
+    twin.release(ReleaseRequest { seq_ids: vec![1] }).await.unwrap();
+    let rows = twin.fetch_rows(fetch(vec![1, 3])).await.unwrap().into_inner();
+    assert_eq!(error_code(&rows.results[0].outcome), SeqErrorCode::UnknownSequence);
+    logits(&rows.results[1].outcome);
+    // A full step leaves nothing to fetch.
+    twin.step(step("helpful", vec![(3, 2, vec![6])])).await.unwrap();
+    let rows = twin.fetch_rows(fetch(vec![3])).await.unwrap().into_inner();
+    assert_eq!(error_code(&rows.results[0].outcome), SeqErrorCode::UnknownSequence);
+    let e = twin
+        .fetch_rows(FetchRowsRequest { reward_name: "other".into(), ..fetch(vec![3]) })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+}
+
+/// A router over `base_url` and the `helpful` ARM at `arm_url` on `wire`, ready.
+async fn router(base_url: &str, arm_url: &str, wire: &str) -> (ChildProcess, String) {
     let mut cmd = genarm_command("genarm-router").unwrap();
-    cmd.args(["--listen", "127.0.0.1:0", "--served-model-name", "sim", "--base", &base_url])
-        .args(["--rm", &format!("helpful={arm_url}")]);
-    let mut router = ChildProcess::spawn("router", cmd).unwrap();
+    cmd.args(["--listen", "127.0.0.1:0", "--served-model-name", "sim", "--base", base_url]).args([
+        "--rm",
+        &format!("helpful={arm_url}"),
+        "--logits-wire",
+        wire,
+    ]);
+    let mut router = ChildProcess::spawn(&format!("router ({wire} wire)"), cmd).unwrap();
     let addr = router.wait_listening(Instant::now() + Duration::from_secs(60)).unwrap();
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -140,15 +198,30 @@ async fn a_real_router_serves_guided_requests_over_simulated_workers() {
         assert!(Instant::now() < deadline, "the router never became ready\n{}", router.log_tail(40));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    (router, format!("http://{addr}"))
+}
+
+async fn post(url: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+    let r = reqwest::Client::new().post(format!("{url}{path}")).json(&body).send().await.unwrap();
+    let status = r.status();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+#[tokio::test]
+async fn a_real_router_serves_guided_requests_over_simulated_workers() {
+    let (_base, base_url) = sim("sim base", &["--forward-ms", "2"]);
+    let (_arm, arm_url) =
+        sim("sim arm", &["--forward-ms", "2", "--role", "reward", "--reward-name", "helpful"]);
+    let (_full, full) = router(&base_url, &arm_url, "full").await;
+    let (_sparse, sparse) = router(&base_url, &arm_url, "sparse").await;
     let mut texts = Vec::new();
     for guidance in [serde_json::json!({}), serde_json::json!({"rewards": {"helpful": 2.0}})] {
         let body = serde_json::json!({
             "model": "sim", "prompt": "t5 t6 t7", "max_tokens": 8, "temperature": 0, "guidance": guidance
         });
-        let r = http.post(format!("http://{addr}/v1/completions")).json(&body).send().await.unwrap();
-        let status = r.status();
-        let v: serde_json::Value = r.json().await.unwrap();
-        assert_eq!(status, 200, "{v}");
+        let v = post(&full, "/v1/completions", body).await;
         assert_eq!(v["usage"]["completion_tokens"], 8, "{v}");
         texts.push(v["choices"][0]["text"].as_str().unwrap().to_string());
     }
@@ -158,11 +231,47 @@ async fn a_real_router_serves_guided_requests_over_simulated_workers() {
         "model": "sim", "messages": [{"role": "user", "content": "t5 t6 t7"}], "max_tokens": 4,
         "temperature": 0.7, "top_p": 0.9, "seed": 1, "guidance": {"rewards": {"helpful": 1.0}}
     });
-    let r = http.post(format!("http://{addr}/v1/chat/completions")).json(&body).send().await.unwrap();
-    let status = r.status();
-    let v: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(status, 200, "{v}");
+    let v = post(&full, "/v1/chat/completions", body).await;
     assert_eq!(v["usage"]["completion_tokens"], 4, "{v}");
     // 3 words of the message, `user` and `assistant` (both outside the vocabulary: t0).
     assert_eq!(v["usage"]["prompt_tokens"], 5, "{v}");
+
+    // The sparse wire over the simulators answers exactly as the full wire: rows follow from the
+    // tokens, so both routers see the same rows. Greedy, top-p, pure temperature, a negative
+    // weight, and logprobs (which need the full rows).
+    let mut cases = Vec::new();
+    for (i, (temperature, top_p, weight)) in
+        [(0.0, 1.0, 2.0), (0.7, 0.9, 1.0), (1.0, 1.0, 1.0), (0.7, 0.9, -1.0), (0.0, 1.0, 0.0)]
+            .into_iter()
+            .enumerate()
+    {
+        cases.push(serde_json::json!({
+            "model": "sim", "prompt": format!("t{} t6 t7", 5 + i), "max_tokens": 12, "seed": 7 + i,
+            "temperature": temperature, "top_p": top_p, "guidance": {"rewards": {"helpful": weight}}
+        }));
+    }
+    cases.push(serde_json::json!({
+        "model": "sim", "prompt": "t9 t9", "max_tokens": 6, "temperature": 0.7, "seed": 3,
+        "logprobs": 3, "guidance": {"rewards": {"helpful": 1.0}}
+    }));
+    for body in cases {
+        let a = post(&full, "/v1/completions", body.clone()).await;
+        let b = post(&sparse, "/v1/completions", body.clone()).await;
+        assert_eq!(a["choices"][0]["text"], b["choices"][0]["text"], "{body}");
+        assert_eq!(a["choices"][0]["logprobs"], b["choices"][0]["logprobs"], "{body}");
+    }
+    let metrics = |url: String| async move {
+        reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap()
+    };
+    let (m_full, m_sparse) = (metrics(full).await, metrics(sparse).await);
+    use genarm_testkit::metrics::total;
+    assert!(
+        total(&m_sparse, "genarm_sparse_certified_total") > 0.0,
+        "the sparse router certified nothing:\n{m_sparse}"
+    );
+    // The full router also served the first requests; still, the sparse one, with its fetches
+    // for logprobs, negative weights and uncertified draws, carries under half its bytes.
+    let (sparse_bytes, full_bytes) =
+        (total(&m_sparse, "genarm_model_wire_bytes_total"), total(&m_full, "genarm_model_wire_bytes_total"));
+    assert!(sparse_bytes * 2.0 < full_bytes, "wire bytes: sparse {sparse_bytes}, full {full_bytes}");
 }

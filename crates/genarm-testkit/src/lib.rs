@@ -13,6 +13,7 @@ pub mod etcd;
 pub mod fault;
 mod hf_json;
 pub mod lora;
+pub mod metrics;
 mod rng;
 pub mod smollm2;
 mod spec;

@@ -161,10 +161,7 @@ impl FaultCluster {
     /// The router's `/metrics` value of an unlabelled counter (0 if absent).
     pub fn metric(&self, name: &str) -> f64 {
         let text = http::get(&self.url("/metrics")).map(|r| r.text()).unwrap_or_default();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
+        genarm_testkit::metrics::total(&text, name)
     }
 
     /// The ending every fault test shares: `/ready` 200 (within `within`), a fresh unguided and
