@@ -101,7 +101,8 @@ pub struct Args {
     /// the wire at the cost of rounding, which changes outputs: on SmolLM2-135M, greedy 64-token
     /// completions matched f32 in 28% (bf16) and 77% (f16) of cases unguided, 59% and 91%
     /// guided (docs/benchmarks.md). Use f16 only where the network, not the forward, limits a
-    /// step.
+    /// step. The sparse wire (`--logits-wire sparse`) is always exact: its certificates and the
+    /// rows it fetches are f32, whatever this flag says.
     #[arg(long, env = "GENARM_LOGITS_DTYPE", value_name = "DTYPE", value_enum, default_value_t = LogitsDtypeArg::F32)]
     pub logits_dtype: LogitsDtypeArg,
 

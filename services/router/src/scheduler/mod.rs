@@ -46,7 +46,7 @@ pub struct SchedulerConfig {
     pub eos: Vec<u32>,
     /// Effective context (min of the models' max positions).
     pub max_context: u32,
-    /// How logits travel.
+    /// How full logit rows travel on the full wire (see [`SchedulerConfig::row_dtype`]).
     pub dtype: WireDtype,
     /// Full rows or certificates (docs/architecture.md §3.4).
     pub wire: LogitsWire,
@@ -58,6 +58,18 @@ pub struct SchedulerConfig {
     pub max_batch_tokens: usize,
     /// Most waiting requests.
     pub max_waiting: usize,
+}
+
+impl SchedulerConfig {
+    /// The dtype of every full row the scheduler asks for: `dtype` on the full wire; f32 on the
+    /// sparse wire, whose certificates carry exact f32 values, so that a row sent whole or fetched
+    /// decides exactly as the certificates do (docs/architecture.md §3.4).
+    pub fn row_dtype(&self) -> WireDtype {
+        match self.wire {
+            LogitsWire::Full => self.dtype,
+            LogitsWire::Sparse { .. } => WireDtype::F32,
+        }
+    }
 }
 
 /// Replays of one sequence (UNKNOWN_SEQUENCE / POSITION_MISMATCH) before it is failed.

@@ -30,9 +30,13 @@ fn config(wire: LogitsWire) -> SchedulerConfig {
 }
 
 fn start(wire: LogitsWire) -> (Arc<FakeBackend>, SchedulerHandle, watch::Sender<bool>) {
+    start_with(config(wire))
+}
+
+fn start_with(cfg: SchedulerConfig) -> (Arc<FakeBackend>, SchedulerHandle, watch::Sender<bool>) {
     let backend = Arc::new(FakeBackend::new(3, V, 100_000));
     let (abort_tx, abort) = watch::channel(false);
-    let (sched, handle) = Scheduler::new(Arc::clone(&backend), config(wire), abort);
+    let (sched, handle) = Scheduler::new(Arc::clone(&backend), cfg, abort);
     tokio::spawn(sched.run());
     (backend, handle, abort_tx)
 }
@@ -133,6 +137,24 @@ async fn the_sparse_wire_streams_exactly_what_the_full_wire_streams() {
     let fetched: usize = backend.state(0).fetches.iter().map(Vec::len).sum();
     assert!(fetched > 0, "no row was ever fetched");
     assert!(steps - fetched >= 48, "{fetched} of {steps} base rows fetched: too few certified");
+}
+
+#[tokio::test]
+async fn the_sparse_wire_is_exact_whatever_the_logits_dtype() {
+    // `--logits-dtype bf16` rounds full-wire rows; the sparse wire's certificates are f32 and so
+    // are the rows it fetches, so its streams are the full f32 wire's, bit for bit.
+    let (_fb, full, _a) = start(LogitsWire::Full);
+    let want = run_all(&full).await;
+    let (_rb, rounded, _b) =
+        start_with(SchedulerConfig { dtype: WireDtype::Bf16, ..config(LogitsWire::Full) });
+    let rounded = run_all(&rounded).await;
+    assert_ne!(rounded, want, "bf16 rows must change some stream, or this test proves nothing");
+    let (backend, sparse, _c) = start_with(SchedulerConfig {
+        dtype: WireDtype::Bf16,
+        ..config(LogitsWire::Sparse { candidates: 64 })
+    });
+    assert_eq!(run_all(&sparse).await, want);
+    assert!(backend.state(0).fetches.iter().map(Vec::len).sum::<usize>() > 0, "some rows were fetched");
 }
 
 #[tokio::test]

@@ -27,7 +27,7 @@ impl<B: StepBackend> Scheduler<B> {
         payloads: Vec<Vec<SeqStep>>,
     ) -> impl Future<Output = Vec<ModelReply>> + Send + 'static {
         let vocab = self.cfg.vocab as u32;
-        let dtype = self.cfg.dtype;
+        let dtype = self.cfg.row_dtype();
         let wire = self.cfg.wire;
         let backend = Arc::clone(&self.backend);
         let calls: Vec<_> = payloads

@@ -27,7 +27,7 @@ impl<B: StepBackend> Scheduler<B> {
             }
         }
         let vocab = self.cfg.vocab as u32;
-        let dtype = self.cfg.dtype;
+        let dtype = self.cfg.row_dtype();
         let calls: Vec<_> = wanted
             .iter()
             .enumerate()

@@ -175,7 +175,7 @@ fn choose_full(seq: &mut Seq, ctx: &Ctx<'_>) -> Result<Choice, Fate> {
                 _ => Default::default(),
             };
             rows[slot].resize(vocab, 0.0);
-            if let Err(e) = unpack(&bytes, ctx.cfg.dtype, vocab, &mut rows[slot]) {
+            if let Err(e) = unpack(&bytes, ctx.cfg.row_dtype(), vocab, &mut rows[slot]) {
                 return Err(Fate::Fail(SchedulerError::WorkerFailed {
                     worker: ctx.health.display_name(sm.model),
                     message: format!("sent malformed logits: {e}"),
