@@ -25,6 +25,7 @@
 #   RECORD_PROMPTS=20 RECORD_TOKENS=16   rows recorded once (20 × 16 = 320 positions), cached in
 #                                        ${GENARM_CACHE_DIR:-~/.cache/genarm}/sim-rows-<hash>.safetensors
 #   BIN=target/release  GENARM_MODEL=<the SmolLM2 GGUF>  SERVICE_TIMEOUT=180 (seconds per wait)
+#   RESUME=1           keep DIR's finished cells (cells.jsonl) and run only the others
 # Writes DIR (default target/production_shape/): production_shape.json (every cell's figures,
 # the grid, the rows file and provenance), production_shape.md (the table), and per cell its
 # bench.json (genarm bench, with its own provenance), the router's final /metrics and every log.
@@ -105,6 +106,7 @@ stop_services() { # TERM every running service, poll until gone (10 s), then KIL
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM HUP
+    ((rc == 0)) || printf 'production_shape: stopped with status %s (the cells done so far are in %s; RESUME=1 runs the rest)\n' "$rc" "$OUT/cells.jsonl" >&2
     stop_services
     [[ -n "${WATCHDOG:-}" ]] && kill -TERM -- "-$WATCHDOG" 2>/dev/null
     rm -f "$PIDS_FILE"
@@ -250,7 +252,7 @@ if [[ "$GIT_COMMIT" != null ]]; then
 fi
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 CELLS_FILE="$OUT/cells.jsonl"
-: >"$CELLS_FILE"
+[[ "${RESUME:-0}" == 1 && -f "$CELLS_FILE" ]] || : >"$CELLS_FILE"
 jq -n --arg commit "$GIT_COMMIT" --argjson dirty "$GIT_DIRTY" --arg host "$(uname -srm)" \
     --argjson cpus "$(nproc)" --arg load "$LOAD_BEFORE" --arg rows "$ROWS" --arg rows_sha "$ROWS_SHA" \
     --arg model "$GENARM_MODEL" --arg arms "${ARM_NAMES[*]}" --arg prompts "$PROMPT_FILE" \
@@ -279,7 +281,7 @@ sampling_args() { # SAMPLING -> TEMPERATURE, TOP_P
     t*) local s="${1#t}"
         TEMPERATURE="${s%%-p*}"
         TOP_P=""
-        [[ "$s" == *-p* ]] && TOP_P="${s#*-p}" ;;
+        if [[ "$s" == *-p* ]]; then TOP_P="${s#*-p}"; fi ;;
     *) die "sampling $1: write greedy, tT or tT-pP (e.g. t0.7-p0.9)" ;;
     esac
 }
@@ -288,6 +290,10 @@ run_cell() {
     local wire="$1" batch="$2" narms="$3" vocab="$4" sampling="$5"
     local id="$wire-b$batch-a$narms-v$vocab-$sampling"
     local dir="$OUT/cells/$id"
+    if grep -q "\"id\":\"$id\"" "$CELLS_FILE"; then
+        say "cell $id: done before (RESUME=1)"
+        return 0
+    fi
     rm -rf "$dir"
     mkdir -p "$dir"
     ((narms <= ${#ARM_NAMES[@]})) || die "ARMS=$narms: only ${#ARM_NAMES[@]} ARMs are recorded (${ARM_NAMES[*]})"
