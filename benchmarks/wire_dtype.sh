@@ -8,6 +8,8 @@
 #      prefix (in characters) of those that differ.
 #   2. Speed: `genarm bench` at concurrency 16, unguided and guided, per dtype (wire bytes, router
 #      overhead and tokens/s from the router's per-step accounting).
+# On the full-row wire (--logits-wire full): the sparse wire sends f32 certificates whatever
+# --logits-dtype says.
 # Usage: benchmarks/wire_dtype.sh [WORKDIR]   (env: PROMPTS=64 MAX_TOKENS=64 DTYPES="f32 bf16 f16 f32" THREADS=1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,7 +43,7 @@ for dtype in $DTYPES; do
     fi
     say "--logits-dtype $dtype (run $run)"
     CANDLE_NUM_THREADS="$THREADS" launch_cluster "$WORK/launch-$run.log" --base "$GGUF" \
-        --rm "upbeat=$GGUF" --lora "upbeat=demo/arms/upbeat" --router-arg="--logits-dtype=$dtype"
+        --rm "upbeat=$GGUF" --lora "upbeat=demo/arms/upbeat" --router-arg="--logits-dtype=$dtype" --router-arg="--logits-wire=full"
     python3 - "$URL" "$WORK/prompts.jsonl" "$MAX_TOKENS" "$WORK/greedy-$run.json" <<'PY'
 import json, sys, urllib.request
 from concurrent.futures import ThreadPoolExecutor

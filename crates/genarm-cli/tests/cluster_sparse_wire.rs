@@ -16,9 +16,11 @@ const ARMS: [(&str, &str); 2] = [("gqa", "llama-gqa-tied"), ("qwen", "qwen2-bias
 
 fn start(sparse: bool, rms: Vec<(String, std::path::PathBuf)>) -> Cluster {
     let mut router_args: Vec<String> = ["--worker-reprobe-ms", "200"].map(String::from).to_vec();
-    if sparse {
-        router_args.extend(["--logits-wire", "sparse", "--sparse-candidates", "16"].map(String::from));
-    }
+    // Few candidates, so that both the certified path and the fetches run on these fixtures.
+    router_args.extend(match sparse {
+        true => ["--logits-wire", "sparse", "--sparse-candidates", "16"].map(String::from).to_vec(),
+        false => ["--logits-wire", "full"].map(String::from).to_vec(),
+    });
     Cluster::start(ClusterSpec { base: fixture(BASE), rms, router_args, ..Default::default() })
         .unwrap_or_else(|e| panic!("{e:#}"))
 }

@@ -46,36 +46,60 @@ fn a_slow_worker_slows_requests_without_changing_them() {
 #[test]
 fn garbage_logits_fail_the_request_naming_the_worker() {
     let _serial = serial();
-    let c = FaultCluster::start(true, &["--worker-reprobe-ms", "200"], &[]);
-    let plain_want = c.reference(false, 8);
-    for (fault, words) in
-        [("nan", &["non-finite"][..]), ("posinf", &["non-finite"][..]), ("short", &["logits"][..])]
-    {
-        c.proxy().set(fault);
-        // Non-streamed: the whole request fails with a 503 naming the worker.
-        let r = c.post(true, 8);
-        assert_worker_error(&r, words, &format!("`{fault}` logits, non-streamed"));
-        // Streamed, after some tokens: an error event naming the worker ends the stream.
-        c.proxy().set("none");
-        let (s, _) = c.open_stream(true, 200, 2);
-        c.proxy().set(fault);
-        let (_, errors, _) = drain(s);
-        assert_eq!(errors.len(), 1, "`{fault}`: one error event\n{}", c.logs());
-        let message = errors[0]["error"]["message"].as_str().unwrap_or_default();
-        assert!(message.contains(ARM_NAME) && message.contains(ARM), "`{fault}`: {message}");
-        // The others are unaffected even while the worker sends garbage.
-        assert_eq!(c.complete(false, 8), plain_want, "an unguided request during `{fault}`");
-        c.proxy().set("none");
-        c.assert_recovered(Duration::from_secs(5));
+    // Full rows (NaN, +inf, one logit short) and the sparse wire's certificates (a candidate's
+    // value NaN or +inf, one value short).
+    for (wire, garbage) in [
+        ("full", [("nan", &["non-finite"][..]), ("posinf", &["non-finite"][..]), ("short", &["logits"][..])]),
+        (
+            "sparse",
+            [
+                ("nan", &["certificate", "NaN"][..]),
+                ("posinf", &["certificate"][..]),
+                ("short", &["certificate"][..]),
+            ],
+        ),
+    ] {
+        let c = FaultCluster::start(true, &["--worker-reprobe-ms", "200", "--logits-wire", wire], &[]);
+        let plain_want = c.reference(false, 8);
+        for (fault, words) in garbage {
+            c.proxy().set(fault);
+            // Non-streamed: the whole request fails with a 503 naming the worker.
+            let r = c.post(true, 8);
+            assert_worker_error(&r, words, &format!("`{fault}` logits on the {wire} wire, non-streamed"));
+            // Streamed, after some tokens: an error event naming the worker ends the stream.
+            c.proxy().set("none");
+            let (s, _) = c.open_stream(true, 200, 2);
+            c.proxy().set(fault);
+            let (_, errors, _) = drain(s);
+            assert_eq!(errors.len(), 1, "`{fault}` ({wire} wire): one error event\n{}", c.logs());
+            let message = errors[0]["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains(ARM_NAME) && message.contains(ARM),
+                "`{fault}` ({wire} wire): {message}"
+            );
+            // The others are unaffected even while the worker sends garbage.
+            assert_eq!(
+                c.complete(false, 8),
+                plain_want,
+                "an unguided request during `{fault}` ({wire} wire)"
+            );
+            c.proxy().set("none");
+            c.assert_recovered(Duration::from_secs(5));
+        }
     }
 }
 
 #[test]
 fn garbage_in_half_precision_logits_is_caught_too() {
     let _serial = serial();
-    // The proxy writes NaN / +inf in the wire dtype the router asked for (bf16, f16).
+    // The proxy writes NaN / +inf in the wire dtype the router asked for (bf16, f16); only the
+    // full wire sends half-precision rows (the sparse wire is f32 throughout).
     for dtype in ["bf16", "f16"] {
-        let c = FaultCluster::start(true, &["--worker-reprobe-ms", "200", "--logits-dtype", dtype], &[]);
+        let c = FaultCluster::start(
+            true,
+            &["--worker-reprobe-ms", "200", "--logits-dtype", dtype, "--logits-wire", "full"],
+            &[],
+        );
         for (fault, word) in [("nan", "non-finite"), ("posinf", "non-finite"), ("short", "logits")] {
             c.proxy().set(fault);
             let r = c.post(true, 8);

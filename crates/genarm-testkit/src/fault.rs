@@ -1,6 +1,7 @@
 //! Fault injection between the router and a worker: the directives of `genarm-fault-proxy`
 //! ([`Fault`], [`Directive`], read from a control file on every call), the logits corruption it
-//! applies ([`corrupt_logits`]), and [`FaultProxy`], the test-side handle that starts the proxy in
+//! applies ([`corrupt_logits`] to full rows, [`corrupt_certificate`] to the sparse wire's
+//! certificates), and [`FaultProxy`], the test-side handle that starts the proxy in
 //! front of a real worker and switches its fault.
 //!
 //! The control file holds one directive: `none`, `delay MS`, `nan`, `posinf`, `short`, `close`
@@ -110,6 +111,21 @@ pub fn corrupt_logits(bytes: &[u8], logits_dtype: i32, fault: Fault) -> Vec<u8> 
     out
 }
 
+/// Applies `fault` (`Nan`, `PosInf` or `Short`; others leave it alone) to one sparse-wire
+/// certificate: its middle candidate's value becomes NaN or +∞, or its last value is dropped
+/// (ids and values then disagree in length).
+pub fn corrupt_certificate(cert: &mut genarm_proto::v1::SparseLogits, fault: Fault) {
+    let at = cert.logits.len() / 2;
+    match fault {
+        Fault::Nan if !cert.logits.is_empty() => cert.logits[at] = f32::NAN,
+        Fault::PosInf if !cert.logits.is_empty() => cert.logits[at] = f32::INFINITY,
+        Fault::Short => {
+            cert.logits.pop();
+        }
+        _ => {}
+    }
+}
+
 /// A running `genarm-fault-proxy` in front of one worker, with its control file.
 pub struct FaultProxy {
     /// The proxy process.
@@ -217,5 +233,24 @@ mod tests {
         let f16 = corrupt_logits(&[0u8; 8], 2, Fault::Nan);
         let bits = u16::from_le_bytes([f16[4], f16[5]]);
         assert!((bits >> 10) & 0x1f == 0x1f && bits & 0x3ff != 0, "NaN");
+    }
+
+    #[test]
+    fn certificates_are_corrupted_in_their_values_or_length() {
+        let cert = genarm_proto::v1::SparseLogits {
+            ids: vec![4, 1, 7],
+            logits: vec![3.0, 2.0, 1.0],
+            ..Default::default()
+        };
+        let corrupted = |fault| {
+            let mut c = cert.clone();
+            corrupt_certificate(&mut c, fault);
+            c
+        };
+        assert!(corrupted(Fault::Nan).logits[1].is_nan());
+        assert_eq!(corrupted(Fault::PosInf).logits, [3.0, f32::INFINITY, 1.0]);
+        let short = corrupted(Fault::Short);
+        assert_eq!((short.ids.len(), short.logits.len()), (3, 2));
+        assert_eq!(corrupted(Fault::Delay(3)), cert);
     }
 }

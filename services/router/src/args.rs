@@ -106,18 +106,22 @@ pub struct Args {
     #[arg(long, env = "GENARM_LOGITS_DTYPE", value_name = "DTYPE", value_enum, default_value_t = LogitsDtypeArg::F32)]
     pub logits_dtype: LogitsDtypeArg,
 
-    /// What workers send per sequence and step. `full`: the whole logit row (vocabulary × the
-    /// dtype's bytes). `sparse`: a certificate of the row (its best `--sparse-candidates` logits,
-    /// its normalizer and bounds on the rest) from which the router proves its token is exactly
-    /// the full row's; when it cannot (or for negative weights, `logprobs` and `top_logprobs`),
-    /// it fetches that sequence's full rows, so outputs are identical either way
-    /// (docs/architecture.md §3.4). Needs workers that list the sparse wire in their Info.
-    #[arg(long, env = "GENARM_LOGITS_WIRE", value_name = "WIRE", value_enum, default_value_t = LogitsWireArg::Full)]
+    /// What workers send per sequence and step. `sparse` (the default): a certificate of the
+    /// row (its best `--sparse-candidates` logits, its normalizer and bounds on the rest) from
+    /// which the router proves its token is exactly the full row's; when it cannot (or for
+    /// negative weights, `logprobs` and `top_logprobs`), it fetches that sequence's full rows, so
+    /// outputs are identical either way (docs/architecture.md §3.4). It needs workers that list
+    /// the sparse wire in their Info (every genarm worker does). `full`: the whole logit row
+    /// every step (vocabulary × the dtype's bytes), slower in every measured cell
+    /// (docs/benchmarks.md, production shape).
+    #[arg(long, env = "GENARM_LOGITS_WIRE", value_name = "WIRE", value_enum, default_value_t = LogitsWireArg::Sparse)]
     pub logits_wire: LogitsWireArg,
 
     /// Candidates per sequence and model on the sparse wire (more: fewer full-row fetches, more
-    /// bytes per step).
-    #[arg(long, env = "GENARM_SPARSE_CANDIDATES", value_name = "N", default_value_t = 64,
+    /// bytes and certificate work per step). 256 beat 64 in most cells of the production-shape
+    /// benchmark (median 1.08× the tokens/s, at most 5% slower where 64 already certified nearly
+    /// every token; docs/benchmarks.md).
+    #[arg(long, env = "GENARM_SPARSE_CANDIDATES", value_name = "N", default_value_t = 256,
         value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub sparse_candidates: u32,
 

@@ -24,7 +24,7 @@ use genarm_proto::v1::{
     seq_result, FetchRowsRequest, InfoRequest, InfoResponse, ReleaseRequest, ReleaseResponse, StatsRequest,
     StatsResponse, StepRequest, StepResponse,
 };
-use genarm_testkit::fault::{corrupt_logits, Directive, Fault};
+use genarm_testkit::fault::{corrupt_certificate, corrupt_logits, Directive, Fault};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic_health::pb::health_client::HealthClient;
@@ -149,6 +149,19 @@ impl Proxy {
     }
 }
 
+/// Applies a garbage fault to every full row and certificate of a reply.
+fn corrupt(resp: &mut StepResponse, dtype: i32, fault: Fault) {
+    for r in &mut resp.results {
+        match &mut r.outcome {
+            Some(seq_result::Outcome::Logits(bytes)) => {
+                *bytes = Bytes::from(corrupt_logits(bytes, dtype, fault))
+            }
+            Some(seq_result::Outcome::Sparse(cert)) => corrupt_certificate(cert, fault),
+            _ => {}
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Worker for Proxy {
     async fn info(&self, request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
@@ -170,21 +183,21 @@ impl Worker for Proxy {
                 self.cutter.cut();
                 std::future::pending::<()>().await;
             }
-            Fault::Nan | Fault::PosInf | Fault::Short => {
-                for r in &mut resp.results {
-                    if let Some(seq_result::Outcome::Logits(bytes)) = &mut r.outcome {
-                        *bytes = Bytes::from(corrupt_logits(bytes, dtype, fault));
-                    }
-                }
-            }
+            Fault::Nan | Fault::PosInf | Fault::Short => corrupt(&mut resp, dtype, fault),
             Fault::None | Fault::Hang => {}
         }
         Ok(Response::new(resp))
     }
 
     async fn fetch_rows(&self, request: Request<FetchRowsRequest>) -> Result<Response<StepResponse>, Status> {
-        self.fault()?;
-        self.worker.clone().fetch_rows(request.into_inner()).await
+        let fault = self.fault()?;
+        let req = request.into_inner();
+        let dtype = req.logits_dtype;
+        let mut resp = self.worker.clone().fetch_rows(req).await?.into_inner();
+        if matches!(fault, Fault::Nan | Fault::PosInf | Fault::Short) {
+            corrupt(&mut resp, dtype, fault);
+        }
+        Ok(Response::new(resp))
     }
 
     async fn release(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {
