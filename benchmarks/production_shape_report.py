@@ -145,7 +145,7 @@ def main():
     lines = []
     cmd = " ".join(run["command"])
     env = (f"FORWARD_MS={g['forward_ms']} MAX_TOKENS={g['max_tokens']} ROUNDS={g['rounds']} "
-           f"LOGITS_DTYPE={g['logits_dtype']} SEED={g['seed']}")
+           f"LOGITS_DTYPE={g['logits_dtype']} SEED={g['seed']} sparse candidates: {g.get('sparse_candidates', '?')}")
     lines.append(f"`{cmd}` ({env}); genarm commit `{run['git_commit']}`"
                  f"{' (tree dirty)' if run['git_dirty'] else ''}; {run['host']}, {run['cpus']} CPUs, "
                  f"load average {run['load_before']} before and {run.get('load_after', '?')} after; "
