@@ -8,13 +8,15 @@
 # untied 49k embeddings make the parameter ratio 3.2×). Release build, each worker on
 # CANDLE_NUM_THREADS=$THREADS, everything on this machine's cores.
 #
-# Usage: benchmarks/quarter_arm.sh [WORKDIR]   (env: REQUESTS=32 MAX_TOKENS=64 CONCURRENCY=1,16 THREADS=1)
+# Usage: benchmarks/quarter_arm.sh [WORKDIR]   (env: REQUESTS=32 MAX_TOKENS=64 CONCURRENCY=1,16 THREADS=1
+#        WIRE=full|sparse: the router's --logits-wire; default: the router's default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
 WORK="${1:-target/quarter-arm}"
+WIRE="${WIRE:-}"
 REQUESTS="${REQUESTS:-32}"
 MAX_TOKENS="${MAX_TOKENS:-64}"
 CONCURRENCY="${CONCURRENCY:-1,16}"
@@ -44,7 +46,7 @@ done
 
 say "launching base-151m + arm-47m"
 CANDLE_NUM_THREADS="$THREADS" launch_cluster "$WORK/launch.log" \
-    --base "$WORK/models/base-151m" --rm "arm=$WORK/models/arm-47m"
+    --base "$WORK/models/base-151m" --rm "arm=$WORK/models/arm-47m" ${WIRE:+"--router-arg=--logits-wire=$WIRE"}
 
 say "genarm bench (concurrency $CONCURRENCY, unguided and guided)"
 "$GENARM" bench --url "$URL" --prompts "$WORK/prompts/eval.jsonl" --concurrency "$CONCURRENCY" \
