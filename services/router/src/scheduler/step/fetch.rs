@@ -5,12 +5,13 @@
 //! back to the queue, to be replayed: nothing is lost.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{Fate, Scheduler};
 use crate::scheduler::seq::ModelRow;
 use crate::scheduler::{SchedulerError, MAX_REPLAYS};
-use crate::workers::{SeqOutcome, StepBackend};
+use crate::workers::{SeqErrorKind, SeqOutcome, StepBackend};
 
 impl<B: StepBackend> Scheduler<B> {
     /// Fetches the full rows of the running sequences `need` from every model that sent them a
@@ -63,7 +64,12 @@ impl<B: StepBackend> Scheduler<B> {
                     SeqOutcome::Sparse(_) => {
                         unreachable!("the gRPC layer refuses certificates from FetchRows")
                     }
-                    SeqOutcome::Error { message, .. } => {
+                    SeqOutcome::Error { kind, message } => {
+                        // A replica lost since the step (its call failed, or it is gone): the
+                        // sequence fails over to another replica by replay, as a failed step does.
+                        if kind == SeqErrorKind::ReplicaLost {
+                            self.metrics.failovers.increment(1);
+                        }
                         self.requeue_unfetched(model, &[(si, slot)], &message, fates)
                     }
                 }
@@ -84,6 +90,8 @@ impl<B: StepBackend> Scheduler<B> {
         for &(si, _) in list {
             let seq = &mut self.running[si];
             seq.replays += 1;
+            self.stats.replays.fetch_add(1, Ordering::Relaxed);
+            self.metrics.replays.increment(1);
             tracing::warn!(request_id = %seq.request_id, seq_id = seq.id, %worker, %message,
                 "could not fetch a full row for the sparse wire: replaying the sequence");
             let fate = if seq.replays > MAX_REPLAYS {
