@@ -29,6 +29,11 @@ fn demo_serves_the_base_with_both_arms_and_shows_guided_answers_side_by_side() {
     let url = format!("http://{addr}");
     demo.wait_stdout_line(deadline, |l| l.starts_with("Try them yourself"))
         .unwrap_or_else(|e| panic!("the demo printed no examples: {e:#}"));
+    // The lines after it arrive one by one: poll until the three curl lines are in.
+    let curl = format!("curl -s {url}/v1/chat/completions");
+    let printed = poll_until(Duration::from_secs(30), || {
+        demo.stdout_lines().iter().filter(|l| l.contains(&curl)).count() >= 3
+    });
     let stdout = demo.stdout_lines().to_vec();
     let text = stdout.join("\n");
 
@@ -51,7 +56,8 @@ fn demo_serves_the_base_with_both_arms_and_shows_guided_answers_side_by_side() {
         printed_score(&concise, "concise") > printed_score(&unguided, "concise"),
         "concise guidance should raise the concise score:\n{text}"
     );
-    assert_eq!(text.matches(&format!("curl -s {url}/v1/chat/completions")).count(), 3, "{text}");
+    assert!(printed, "the demo printed fewer than three curl lines:\n{text}");
+    assert_eq!(text.matches(&curl).count(), 3, "{text}");
 
     // The same through the API, greedy: guided text differs from unguided and scores higher.
     let models = http::get(&format!("{url}/v1/models")).unwrap();
