@@ -22,6 +22,7 @@
 #   MAX_TOKENS=64 ROUNDS=1 WARMUP=       tokens per request, measured requests per stream,
 #                                        warm-up requests per cell (default min(batch, 16))
 #   LOGITS_DTYPE=f32 SEED=0 CANDIDATES=  (CANDIDATES: --sparse-candidates, when the router has it)
+#   REFINE=            --sparse-refine-candidates (0: whole rows at once), when the router has it
 #   RECORD_PROMPTS=20 RECORD_TOKENS=16   rows recorded once (20 × 16 = 320 positions), cached in
 #                                        ${GENARM_CACHE_DIR:-~/.cache/genarm}/sim-rows-<hash>.safetensors
 #   BIN=target/release  GENARM_MODEL=<the SmolLM2 GGUF>  SERVICE_TIMEOUT=180 (seconds per wait)
@@ -62,6 +63,7 @@ WARMUP="${WARMUP:-}"
 LOGITS_DTYPE="${LOGITS_DTYPE:-f32}"
 SEED="${SEED:-0}"
 CANDIDATES="${CANDIDATES:-}"
+REFINE="${REFINE:-}"
 RECORD_PROMPTS="${RECORD_PROMPTS:-20}"
 RECORD_TOKENS="${RECORD_TOKENS:-16}"
 BIN="${BIN:-target/release}"
@@ -215,6 +217,8 @@ HAS_CANDIDATES_FLAG=0
 grep -q -- '--sparse-candidates' <<<"$ROUTER_HELP" && HAS_CANDIDATES_FLAG=1
 [[ -z "$CANDIDATES" || "$HAS_CANDIDATES_FLAG" == 1 ]] ||
     die "CANDIDATES=$CANDIDATES but the router lists no --sparse-candidates"
+[[ -z "$REFINE" ]] || grep -q -- '--sparse-refine-candidates' <<<"$ROUTER_HELP" ||
+    die "REFINE=$REFINE but the router lists no --sparse-refine-candidates (rebuild)"
 
 # ---- rows, recorded once and cached by the hash of their inputs
 [[ -f "$GENARM_MODEL" ]] || die "no base model at $GENARM_MODEL (run scripts/fetch-smollm2.sh, or set GENARM_MODEL)"
@@ -261,6 +265,7 @@ jq -n --arg commit "$GIT_COMMIT" --argjson dirty "$GIT_DIRTY" --arg host "$(unam
     --arg samplings "$SAMPLINGS" --argjson forward_ms "$FORWARD_MS" --argjson per_seq "$FORWARD_MS_PER_SEQ" \
     --argjson max_tokens "$MAX_TOKENS" --argjson rounds "$ROUNDS" --arg warmup "${WARMUP:-min(batch, 16)}" \
     --arg dtype "$LOGITS_DTYPE" --argjson seed "$SEED" --arg candidates "${CANDIDATES:-router default}" \
+    --arg refine "${REFINE:-router default}" \
     --argjson started "$(date +%s)" \
     '{git_commit: (if $commit == "null" then null else $commit end), git_dirty: $dirty,
       command: $ARGS.positional, started_unix: $started, host: $host, cpus: $cpus, load_before: $load,
@@ -270,7 +275,7 @@ jq -n --arg commit "$GIT_COMMIT" --argjson dirty "$GIT_DIRTY" --arg host "$(unam
              arms: ($grid_arms | split(" ") | map(tonumber)), vocabs: ($vocabs | split(" ") | map(tonumber)),
              samplings: ($samplings | split(" ")), forward_ms: $forward_ms, forward_ms_per_seq: $per_seq,
              max_tokens: $max_tokens, rounds: $rounds, warmup: $warmup, logits_dtype: $dtype, seed: $seed,
-             sparse_candidates: $candidates}}' \
+             sparse_candidates: $candidates, sparse_refine_candidates: $refine}}' \
     --args -- "${COMMAND_LINE[@]}" >"$OUT/run.json"
 say "load average before: $LOAD_BEFORE on $(nproc) CPUs (timings are only trustworthy on a quiet machine)"
 
@@ -308,6 +313,7 @@ run_cell() {
         --logits-dtype "$LOGITS_DTYPE")
     [[ "$HAS_WIRE_FLAG" == 1 ]] && router+=(--logits-wire "$wire")
     [[ -n "$CANDIDATES" && "$wire" == sparse ]] && router+=(--sparse-candidates "$CANDIDATES")
+    [[ -n "$REFINE" && "$wire" == sparse ]] && router+=(--sparse-refine-candidates "$REFINE")
     local guidance="" i name
     for ((i = 0; i < narms; i++)); do
         name="${ARM_NAMES[$i]}"

@@ -22,6 +22,9 @@ unless said otherwise:
   vs 0 ARMs           tok/s ÷ tok/s of the cell with the same wire, batch, vocab and sampling
                       and no ARM
   wire % of f32 rows  wire / step ÷ (batch × V × 4 bytes × models): against full f32 rows
+  refined             sparse wire only: the tokens for which refined certificates were fetched
+                      (genarm_sparse_refined_total over certified + fallbacks); most of them are
+                      then certified without whole rows
   fallback            sparse wire only: the tokens whose full rows were fetched over every token
                       decided on the sparse wire (genarm_sparse_fallbacks_total over certified +
                       fallbacks), over the router's life (warm-up included); "n/a" for the
@@ -70,6 +73,15 @@ def fallback_rate(wire, metrics):
     return fallbacks / decided, "genarm_sparse_fallbacks_total / (genarm_sparse_certified_total + genarm_sparse_fallbacks_total)"
 
 
+def refined_rate(wire, metrics):
+    """The share of the sparse wire's tokens for which refined certificates were fetched
+    (genarm_sparse_refined_total over certified + fallbacks), or None."""
+    if wire == "full" or "genarm_sparse_certified_total" not in metrics:
+        return None
+    decided = metrics["genarm_sparse_certified_total"] + metrics.get("genarm_sparse_fallbacks_total", 0.0)
+    return metrics.get("genarm_sparse_refined_total", 0.0) / decided if decided else None
+
+
 def cell_figures(out, cell, grid):
     d = os.path.join(out, cell["dir"])
     with open(os.path.join(d, "bench", "bench.json")) as f:
@@ -112,6 +124,7 @@ def cell_figures(out, cell, grid):
         "wire_share_of_f32_rows": wire_bytes / (cell["batch"] * cell["vocab"] * 4 * models),
         "fallback_rate": rate,
         "fallback_source": rate_source,
+        "refined_rate": refined_rate(cell["wire"], metrics),
         "accounting_note": acc.get("note"),
         "bench_json": os.path.join(cell["dir"], "bench", "bench.json"),
         "bench_provenance": bench.get("provenance"),
@@ -145,7 +158,8 @@ def main():
     lines = []
     cmd = " ".join(run["command"])
     env = (f"FORWARD_MS={g['forward_ms']} MAX_TOKENS={g['max_tokens']} ROUNDS={g['rounds']} "
-           f"LOGITS_DTYPE={g['logits_dtype']} SEED={g['seed']} sparse candidates: {g.get('sparse_candidates', '?')}")
+           f"LOGITS_DTYPE={g['logits_dtype']} SEED={g['seed']} sparse candidates: {g.get('sparse_candidates', '?')}, "
+           f"refined: {g.get('sparse_refine_candidates', '?')}")
     lines.append(f"`{cmd}` ({env}); genarm commit `{run['git_commit']}`"
                  f"{' (tree dirty)' if run['git_dirty'] else ''}; {run['host']}, {run['cpus']} CPUs, "
                  f"load average {run['load_before']} before and {run.get('load_after', '?')} after; "
@@ -155,8 +169,8 @@ def main():
     lines.append("")
     lines.append("| wire | batch | ARMs | V | sampling | mean batch | steps | step wall mean (ms) | ITL p50 (ms) "
                  "| forward (ms) | router overhead (ms, % of step) | fusion + sampling (ms) | wire MB / step "
-                 "| wire % of f32 rows | tok/s | vs 0 ARMs | fallback |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+                 "| wire % of f32 rows | tok/s | vs 0 ARMs | refined | fallback |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     warnings = []
     for c in cells:
         f = c["figures"]
@@ -165,13 +179,14 @@ def main():
         wire = f"{f['wire_bytes_per_step'] / 1e6:.1f}" + (" (computed)" if f["wire_bytes_source"].startswith("computed") else "")
         vs = "—" if f["vs_unguided"] is None else f"{f['vs_unguided']:.2f}"
         fb = "n/a" if c["wire"] == "full" else ("?" if f["fallback_rate"] is None else f"{100 * f['fallback_rate']:.2f}%")
+        rf = "n/a" if f["refined_rate"] is None else f"{100 * f['refined_rate']:.2f}%"
         mb = "n/a" if f["mean_batch_size"] is None else f"{f['mean_batch_size']:.1f}"
         steps = "n/a" if f["steps"] is None else f"{f['steps']:.0f}"
         lines.append(f"| {c['wire']} | {c['batch']} | {c['arms']} | {c['vocab']} | {c['sampling']} | {mb} | {steps} "
                      f"| {ms(f['step_wall_mean_s'])} | {ms(f['itl_p50_s'])} | {ms(f['slowest_forward_mean_s'])} "
                      f"| {over} | {ms(f['fusion_sampling_per_step_s'], 2)} | {wire} | {100 * f['wire_share_of_f32_rows']:.1f}% "
                      f"| {f['output_tokens_per_s']:.0f} "
-                     f"| {vs} | {fb} |")
+                     f"| {vs} | {rf} | {fb} |")
         fbe = f["full_batch_step_equivalents"]
         if fbe is not None and fbe < 30:
             warnings.append(f"{c['id']}: only {fbe:.0f} full-batch steps' worth of sequences (raise MAX_TOKENS or ROUNDS)")

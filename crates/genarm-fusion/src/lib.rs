@@ -55,4 +55,4 @@ pub use error::FusionError;
 pub use fuse::{fuse, log_softmax, ArmTerm};
 pub use packed::{pack, unpack, WireDtype};
 pub use sampling::{top_logprobs, Sampled, Sampler, SamplingParams};
-pub use sparse::{certify_row, Certified, OwnedRowCertificate, RowCertificate, Uncertified};
+pub use sparse::{certify_row, missing_ids, Certified, OwnedRowCertificate, RowCertificate, Uncertified};

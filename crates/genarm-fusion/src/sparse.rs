@@ -41,10 +41,16 @@ pub struct RowCertificate<'a> {
     pub max: f32,
     /// `ln Σ exp(x − max)` over the first V logits, exactly as [`crate::fuse()`] computes it.
     pub log_sum: f32,
-    /// The largest raw logit among the ids not sent (−∞ when none or all masked).
+    /// The largest raw logit among the ids not in `ids` (−∞ when none or all masked); it bounds
+    /// `extra_logits` too.
     pub outside_max: f32,
-    /// `ln Σ exp(x − max)` over the ids not sent, rounded up (−∞ when none).
+    /// `ln Σ exp(x − max)` over the ids not in `ids`, rounded up (−∞ when none).
     pub tail_log_sum: f64,
+    /// Exact values at further ids, unranked (a refined certificate: the values the router asked
+    /// for at other models' candidates); empty on a step's certificate.
+    pub extra_ids: &'a [u32],
+    /// Their raw logits, same order (each at most `outside_max`).
+    pub extra_logits: &'a [f32],
 }
 
 /// A certificate a worker owns (built by [`certify_row`], reused from step to step).
@@ -62,6 +68,10 @@ pub struct OwnedRowCertificate {
     pub outside_max: f32,
     /// See [`RowCertificate::tail_log_sum`].
     pub tail_log_sum: f64,
+    /// See [`RowCertificate::extra_ids`].
+    pub extra_ids: Vec<u32>,
+    /// See [`RowCertificate::extra_logits`].
+    pub extra_logits: Vec<f32>,
 }
 
 impl OwnedRowCertificate {
@@ -74,8 +84,52 @@ impl OwnedRowCertificate {
             log_sum: self.log_sum,
             outside_max: self.outside_max,
             tail_log_sum: self.tail_log_sum,
+            extra_ids: &self.extra_ids,
+            extra_logits: &self.extra_logits,
         }
     }
+
+    /// Adds the exact values of `row` (the row this certificate was built from) at `ids` that are
+    /// not candidates already, in order and once each: a refined certificate. Its bounds still
+    /// hold, as they bound every id that is not a candidate. Errors on an id outside the row.
+    pub fn add_extras(&mut self, row: &[f32], ids: &[u32]) -> Result<(), String> {
+        self.extra_ids.clear();
+        self.extra_logits.clear();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut taken: Vec<u32> = self.ids.clone();
+        taken.sort_unstable();
+        for &id in ids {
+            let Some(&x) = row.get(id as usize) else {
+                return Err(format!("extra id {id} is outside the row of {} logits", row.len()));
+            };
+            if let Err(at) = taken.binary_search(&id) {
+                taken.insert(at, id);
+                self.extra_ids.push(id);
+                self.extra_logits.push(x);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The ids that model `model`'s certificate lacks but another model's ranks: what a refined
+/// certificate of `model` adds as extras, so that every candidate's fused value is exact. Sorted,
+/// distinct, into `out`.
+pub fn missing_ids(certs: &[RowCertificate<'_>], model: usize, out: &mut Vec<u32>) {
+    out.clear();
+    let Some(own) = certs.get(model) else { return };
+    for (m, c) in certs.iter().enumerate() {
+        if m != model {
+            out.extend_from_slice(c.ids);
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    let mut mine: Vec<u32> = own.ids.iter().chain(own.extra_ids).copied().collect();
+    mine.sort_unstable();
+    out.retain(|id| mine.binary_search(id).is_err());
 }
 
 /// Builds the certificate of `row` (the first V logits of a sequence's row) with its `k` best
@@ -107,6 +161,8 @@ pub fn certify_row(row: &[f32], k: usize, out: &mut OwnedRowCertificate) -> Resu
     out.log_sum = n.log_sum;
     out.outside_max = outside_max;
     out.tail_log_sum = if tail > 0.0 { tail.ln() } else { f64::NEG_INFINITY };
+    out.extra_ids.clear();
+    out.extra_logits.clear();
     Ok(())
 }
 
@@ -128,6 +184,13 @@ pub enum Uncertified {
 }
 
 impl Uncertified {
+    /// Whether a deeper certificate could prove the token (more candidates, and every model's
+    /// value at the others' candidates): the bounds were too loose. Negative weights and whole-row
+    /// log-probabilities need the full rows whatever the certificates hold.
+    pub fn refinable(self) -> bool {
+        matches!(self, Uncertified::Argmax | Uncertified::TopK | Uncertified::TopP | Uncertified::Draw)
+    }
+
     /// A short label for metrics.
     pub fn label(self) -> &'static str {
         match self {
@@ -219,6 +282,20 @@ fn validate(c: &RowCertificate<'_>, vocab: usize, model_index: usize) -> Result<
     if !has_max {
         return bad(format!("no candidate holds the row's max {}", c.max));
     }
+    if c.extra_ids.len() != c.extra_logits.len() {
+        return bad(format!("{} extra ids but {} values", c.extra_ids.len(), c.extra_logits.len()));
+    }
+    for (&id, &x) in c.extra_ids.iter().zip(c.extra_logits) {
+        if id as usize >= vocab {
+            return bad(format!("extra id {id} is outside the vocabulary of {vocab}"));
+        }
+        if x.is_nan() || x > c.outside_max {
+            return bad(format!(
+                "extra id {id} has value {x}, NaN or above outside_max {} (the bound on every id not ranked)",
+                c.outside_max
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -270,6 +347,7 @@ impl Sampler {
             let v = &mut s.by_id[m];
             v.clear();
             v.extend(c.ids.iter().copied().zip(c.logits.iter().copied()));
+            v.extend(c.extra_ids.iter().copied().zip(c.extra_logits.iter().copied()));
             v.sort_unstable_by_key(|p| p.0);
             if v.windows(2).any(|w| w[0].0 == w[1].0) {
                 let model_index = if m == 0 { 0 } else { arm_index_of(arms, m - 1) + 1 };
@@ -279,6 +357,7 @@ impl Sampler {
                 });
             }
             s.union.extend(c.ids.iter().copied());
+            s.union.extend(c.extra_ids.iter().copied());
         }
         s.union.sort_unstable();
         s.union.dedup();
@@ -517,6 +596,37 @@ mod tests {
     }
 
     #[test]
+    fn extras_add_exact_values_once_each_and_keep_the_bounds() {
+        let row = [0.5, 3.0, f32::NEG_INFINITY, 2.0, -1.0, 2.5];
+        let mut c = OwnedRowCertificate::default();
+        certify_row(&row, 2, &mut c).unwrap();
+        let before = c.clone();
+        c.add_extras(&row, &[4, 1, 2, 4, 0]).unwrap();
+        assert_eq!(c.extra_ids, vec![4, 2, 0], "ranked ids and repeats are skipped, order kept");
+        assert_eq!(c.extra_logits, vec![-1.0, f32::NEG_INFINITY, 0.5]);
+        assert_eq!((c.outside_max, c.tail_log_sum), (before.outside_max, before.tail_log_sum));
+        let err = c.add_extras(&row, &[6]).unwrap_err();
+        assert!(err.contains("extra id 6 is outside the row of 6"), "{err}");
+        certify_row(&row, 3, &mut c).unwrap();
+        assert!(c.extra_ids.is_empty() && c.extra_logits.is_empty(), "a new certificate has no extras");
+    }
+
+    #[test]
+    fn missing_ids_are_the_other_models_candidates_this_one_lacks() {
+        let a = OwnedRowCertificate { ids: vec![5, 1, 7], ..Default::default() };
+        let b = OwnedRowCertificate { ids: vec![1, 9], extra_ids: vec![5], ..Default::default() };
+        let c = OwnedRowCertificate { ids: vec![3, 9], ..Default::default() };
+        let views = [a.as_ref(), b.as_ref(), c.as_ref()];
+        let mut out = Vec::new();
+        missing_ids(&views, 0, &mut out);
+        assert_eq!(out, vec![3, 9]);
+        missing_ids(&views, 1, &mut out);
+        assert_eq!(out, vec![3, 7], "its own extras count as held");
+        missing_ids(&views, 2, &mut out);
+        assert_eq!(out, vec![1, 5, 7]);
+    }
+
+    #[test]
     fn inconsistent_certificates_are_refused_naming_the_model() {
         let ok = OwnedRowCertificate {
             ids: vec![0, 1],
@@ -525,6 +635,7 @@ mod tests {
             log_sum: 0.5,
             outside_max: 0.0,
             tail_log_sum: -1.0,
+            ..Default::default()
         };
         let mut s = Sampler::new(SamplingParams::default()).unwrap();
         let cases: Vec<(OwnedRowCertificate, &str)> = vec![
@@ -535,6 +646,20 @@ mod tests {
             (OwnedRowCertificate { ids: vec![1, 1], ..ok.clone() }, "duplicate"),
             (OwnedRowCertificate { log_sum: f32::NAN, ..ok.clone() }, "normalizer"),
             (OwnedRowCertificate { tail_log_sum: f64::NAN, ..ok.clone() }, "tail_log_sum"),
+            (
+                OwnedRowCertificate { extra_ids: vec![2], extra_logits: vec![0.5], ..ok.clone() },
+                "above outside_max",
+            ),
+            (OwnedRowCertificate { extra_ids: vec![2], extra_logits: vec![f32::NAN], ..ok.clone() }, "NaN"),
+            (
+                OwnedRowCertificate { extra_ids: vec![9], extra_logits: vec![-1.0], ..ok.clone() },
+                "outside the vocabulary",
+            ),
+            (OwnedRowCertificate { extra_ids: vec![1], extra_logits: vec![-1.0], ..ok.clone() }, "duplicate"),
+            (
+                OwnedRowCertificate { extra_ids: vec![2, 3], extra_logits: vec![-1.0], ..ok.clone() },
+                "2 extra ids",
+            ),
         ];
         for (bad, needle) in cases {
             let err = s.sample_certified(&ok.as_ref(), &[(1.0, bad.as_ref())], 4, false).unwrap_err();

@@ -4,7 +4,10 @@
 //! must leave the sampler's generator untouched so that the full path can follow.
 
 use genarm_fusion::rng::Xoshiro256PlusPlus;
-use genarm_fusion::{certify_row, fuse, ArmTerm, OwnedRowCertificate, Sampler, SamplingParams, Uncertified};
+use genarm_fusion::{
+    certify_row, fuse, missing_ids, ArmTerm, OwnedRowCertificate, RowCertificate, Sampler, SamplingParams,
+    Uncertified,
+};
 
 /// A row shaped like a language model's: a few strong candidates over a long Gaussian tail.
 fn lm_row(rng: &mut Xoshiro256PlusPlus, vocab: usize, peak: f32) -> Vec<f32> {
@@ -111,8 +114,43 @@ fn make_case(seed: u64) -> (Case, Twist) {
     (Case { rows, alphas, params, k, want_logprob }, twist)
 }
 
-/// Runs one case both ways; returns whether the sparse path certified it.
-fn check(case: &Case, label: &str) -> Result<(), Uncertified> {
+/// Which certificates proved a case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proven {
+    /// The step's certificates.
+    First,
+    /// The refined ones (a `FetchRows` on the sparse wire): 8× the candidates and every model's
+    /// value at the others' candidates.
+    Refined,
+}
+
+/// The certificates of `rows` with `k` candidates, refined with every model's value at the
+/// others' candidates when `refine_from` holds the first round's.
+fn certificates(
+    rows: &[Vec<f32>],
+    k: usize,
+    refine_from: Option<&[OwnedRowCertificate]>,
+) -> Vec<OwnedRowCertificate> {
+    let views: Vec<RowCertificate<'_>> =
+        refine_from.map(|c| c.iter().map(OwnedRowCertificate::as_ref).collect()).unwrap_or_default();
+    let mut missing = Vec::new();
+    rows.iter()
+        .enumerate()
+        .map(|(m, r)| {
+            let mut c = OwnedRowCertificate::default();
+            certify_row(r, k, &mut c).unwrap();
+            if !views.is_empty() {
+                missing_ids(&views, m, &mut missing);
+                c.add_extras(r, &missing).unwrap();
+            }
+            c
+        })
+        .collect()
+}
+
+/// Runs one case both ways: the step's certificates, then (when the bounds were too loose)
+/// refined ones, as the router does; returns which proved it, or why neither did.
+fn check(case: &Case, label: &str) -> Result<Proven, Uncertified> {
     let vocab = case.rows[0].len();
     let arms: Vec<ArmTerm<'_>> =
         case.alphas.iter().zip(&case.rows[1..]).map(|(&alpha, r)| ArmTerm { alpha, logits: r }).collect();
@@ -121,27 +159,24 @@ fn check(case: &Case, label: &str) -> Result<(), Uncertified> {
     let mut full = Sampler::new(case.params).unwrap();
     let expected = full.sample(&fused).unwrap();
 
-    let certs: Vec<OwnedRowCertificate> = case
-        .rows
-        .iter()
-        .map(|r| {
-            let mut c = OwnedRowCertificate::default();
-            certify_row(r, case.k, &mut c).unwrap();
-            c
-        })
-        .collect();
-    let arm_certs: Vec<_> = case.alphas.iter().zip(&certs[1..]).map(|(&a, c)| (a, c.as_ref())).collect();
+    let first = certificates(&case.rows, case.k, None);
     let mut sparse = Sampler::new(case.params).unwrap();
-    let outcome = sparse.sample_certified(&certs[0].as_ref(), &arm_certs, vocab, case.want_logprob).unwrap();
+    let mut round = Proven::First;
+    let mut outcome = certified(&mut sparse, &first, case);
+    if matches!(outcome, Err(why) if why.refinable()) {
+        let refined = certificates(&case.rows, case.k * 8, Some(&first));
+        round = Proven::Refined;
+        outcome = certified(&mut sparse, &refined, case);
+    }
     match outcome {
         Ok(got) => {
-            assert_eq!(got.token, expected.token, "{label}: certified a different token");
+            assert_eq!(got.token, expected.token, "{label}: certified a different token ({round:?})");
             if case.want_logprob {
                 let lp = got.logprob.expect("asked for the logprob");
                 assert_eq!(
                     lp.to_bits(),
                     expected.logprob.to_bits(),
-                    "{label}: logprob {lp} vs {}",
+                    "{label}: logprob {lp} vs {} ({round:?})",
                     expected.logprob
                 );
             }
@@ -149,9 +184,9 @@ fn check(case: &Case, label: &str) -> Result<(), Uncertified> {
             assert_eq!(
                 sparse.sample(&fused).unwrap(),
                 full.sample(&fused).unwrap(),
-                "{label}: draws diverged"
+                "{label}: draws diverged ({round:?})"
             );
-            Ok(())
+            Ok(round)
         }
         Err(why) => {
             // No draw taken: the full path on this sampler gives the expected token.
@@ -161,9 +196,20 @@ fn check(case: &Case, label: &str) -> Result<(), Uncertified> {
     }
 }
 
+/// `sample_certified` over `certs` (the base's, then the case's ARMs').
+fn certified(
+    sampler: &mut Sampler,
+    certs: &[OwnedRowCertificate],
+    case: &Case,
+) -> Result<genarm_fusion::Certified, Uncertified> {
+    let arm_certs: Vec<_> = case.alphas.iter().zip(&certs[1..]).map(|(&a, c)| (a, c.as_ref())).collect();
+    sampler.sample_certified(&certs[0].as_ref(), &arm_certs, case.rows[0].len(), case.want_logprob).unwrap()
+}
+
 #[test]
 fn certified_tokens_are_the_full_paths_tokens() {
     let mut certified = 0;
+    let mut refined = 0;
     let mut greedy = (0, 0);
     let mut reasons = std::collections::BTreeMap::new();
     let n = 6_000;
@@ -175,8 +221,9 @@ fn certified_tokens_are_the_full_paths_tokens() {
         );
         let is_greedy = case.params.temperature == 0.0 && !case.want_logprob && case.k >= 16;
         match check(&case, &label) {
-            Ok(()) => {
+            Ok(round) => {
                 certified += 1;
+                refined += usize::from(round == Proven::Refined);
                 if is_greedy {
                     greedy.0 += 1;
                 }
@@ -188,11 +235,14 @@ fn certified_tokens_are_the_full_paths_tokens() {
         }
     }
     eprintln!(
-        "certified {certified} of {n}; greedy with k >= 16: {greedy:?}; uncertified by reason: {reasons:?}"
+        "certified {certified} of {n} ({refined} by refined certificates); greedy with k >= 16: {greedy:?}; \
+         uncertified by reason: {reasons:?}"
     );
     // The checks above are vacuous unless the sparse path certifies a good share.
     assert!(certified > n / 3, "only {certified} of {n} certified: {reasons:?}");
     assert!(greedy.0 * 10 > greedy.1 * 7, "greedy certified {greedy:?}");
+    // Refinement must do real work on these cases, or its path goes untested.
+    assert!(refined as u64 > n / 50, "only {refined} of {n} certified by refined certificates");
 }
 
 #[test]
@@ -214,8 +264,12 @@ fn a_token_promoted_far_outside_the_base_candidates_is_never_missed() {
             want_logprob: false,
         };
         // The promoted token is in the ARM's certificate only, so its fused value is only bounded:
-        // the sparse path must refuse rather than pick among the base's candidates.
-        assert_eq!(check(&case, &format!("promoted, T {temperature}")), Err(Uncertified::Argmax));
+        // the step's certificates must refuse rather than pick among the base's candidates, and
+        // the refined ones (which carry the base's value at it) prove it.
+        let first = certificates(&case.rows, case.k, None);
+        let mut sampler = Sampler::new(case.params).unwrap();
+        assert_eq!(certified(&mut sampler, &first, &case).unwrap_err(), Uncertified::Argmax);
+        assert_eq!(check(&case, &format!("promoted, T {temperature}")), Ok(Proven::Refined));
     }
 }
 

@@ -181,6 +181,20 @@ impl RowBank {
         out
     }
 
+    /// The value of mapped row `index` at `id` (−∞ past the vocabulary): one entry of
+    /// [`RowBank::mapped`], without building the row.
+    pub fn value(&self, index: usize, id: usize) -> f32 {
+        let row = &self.rows[index % self.rows.len()];
+        let width = row.len();
+        if id < width.min(self.vocab) {
+            row[id]
+        } else if id < self.vocab {
+            row[(SplitMix64::new(id as u64).next_u64() % width as u64) as usize] - EXTRA_ID_SHIFT
+        } else {
+            f32::NEG_INFINITY
+        }
+    }
+
     /// Row `index` mapped, cut to `len` logits (padded with −∞ past the vocabulary) and packed as
     /// `dtype`; computed once, then shared.
     pub fn packed(&self, index: usize, dtype: WireDtype, len: usize) -> Bytes {
@@ -227,6 +241,36 @@ impl RowBank {
             None => Outcome::Logits(self.packed(index, fallback, len)),
         }
     }
+
+    /// The refined `FetchRows` answer for row `index`: [`RowBank::sparse`] with `candidates`, plus
+    /// the exact values at `extras` that are not candidates (as
+    /// [`genarm_fusion::OwnedRowCertificate::add_extras`] adds them on a real worker).
+    pub fn refined(
+        &self,
+        index: usize,
+        candidates: usize,
+        len: usize,
+        extras: &[u32],
+        fallback: WireDtype,
+    ) -> Outcome {
+        let mut outcome = self.sparse(index, candidates, len, fallback);
+        if let Outcome::Sparse(c) = &mut outcome {
+            let mut taken = c.ids.clone();
+            taken.sort_unstable();
+            for &id in extras {
+                if let Err(at) = taken.binary_search(&id) {
+                    taken.insert(at, id);
+                    c.extra_ids.push(id);
+                    c.extra_logits.push(if (id as usize) < len {
+                        self.value(index, id as usize)
+                    } else {
+                        f32::NEG_INFINITY
+                    });
+                }
+            }
+        }
+        outcome
+    }
 }
 
 /// A uniform draw in [0, 1) from 53 random bits.
@@ -242,6 +286,12 @@ mod tests {
     fn rows_survive_a_file_round_trip_and_map_onto_a_larger_vocabulary() {
         let bank = RowBank::synthetic(3, 100, 100, 7, 0).unwrap();
         let rows: Vec<Vec<f32>> = (0..3).map(|i| bank.mapped(i)).collect();
+        for (i, row) in rows.iter().enumerate() {
+            for id in [0, 42, 99, 100] {
+                let want = row.get(id).copied().unwrap_or(f32::NEG_INFINITY);
+                assert_eq!(bank.value(i, id).to_bits(), want.to_bits(), "row {i} id {id}");
+            }
+        }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rows.safetensors");
         RowBank::write(&path, &[("base", &rows)]).unwrap();
@@ -249,6 +299,13 @@ mod tests {
         assert_eq!(back.len(), 3);
         let m = back.mapped(1);
         assert_eq!(m.len(), 250);
+        assert_eq!(back.value(1, 200).to_bits(), m[200].to_bits(), "an extra id's value");
+        // A refined answer is the real workers' refined certificate of the mapped row.
+        let mut want = OwnedRowCertificate::default();
+        certify_row(&m, 8, &mut want).unwrap();
+        want.add_extras(&m, &[200, want.ids[0], 3]).unwrap();
+        let got = back.refined(1, 8, 250, &[200, want.ids[0], 3], WireDtype::F32);
+        assert_eq!(got, Outcome::Sparse(genarm_worker::step::sparse_logits(&want)));
         for (a, b) in m[..100].iter().zip(&rows[1]) {
             assert!((a - b).abs() <= 1e-2 * b.abs().max(1.0), "{a} vs {b}");
         }

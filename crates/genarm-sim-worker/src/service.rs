@@ -15,7 +15,8 @@ use genarm_proto::v1::{
     SeqErrorCode, SeqResult, StatsRequest, StatsResponse, StepRequest, StepResponse, PROTOCOL_VERSION,
 };
 use genarm_worker::role::WorkerRole;
-use genarm_worker::step::{prepare_fetch, prepare_step, StepWire};
+use genarm_worker::rows::{no_kept_row, wrong_length};
+use genarm_worker::step::{prepare_fetch, prepare_step, FetchWhat, StepWire};
 use tonic::{Request, Response, Status};
 
 use crate::args::{SimArgs, SimRole};
@@ -176,7 +177,8 @@ impl SimService {
         Ok(StepResponse { results, forward_micros: forward.as_micros() as u64 })
     }
 
-    /// One `FetchRows`: per sequence, the full row of its last step when that step was sparse.
+    /// One `FetchRows`: per sequence, the full row of its last step when that step was sparse, or
+    /// a refined certificate of it.
     pub fn handle_fetch(&self, req: FetchRowsRequest) -> Result<StepResponse, Status> {
         let sh = &self.shared;
         let fetch = prepare_fetch(req, &sh.role, sh.args.vocab_size)?;
@@ -184,25 +186,17 @@ impl SimService {
         let results = fetch
             .seq_ids
             .iter()
-            .map(|&seq_id| {
+            .enumerate()
+            .map(|(i, &seq_id)| {
                 let outcome = match kept.get(&seq_id) {
-                    Some(&(index, len)) if len == fetch.logits_len => {
-                        Outcome::Logits(sh.bank.packed(index, fetch.dtype, len))
-                    }
-                    Some(&(_, len)) => Outcome::Error(SeqError {
-                        code: SeqErrorCode::Invalid as i32,
-                        message: format!(
-                            "sequence {seq_id}: its kept row has {len} logits (its step's logits_len), \
-                             FetchRows asks for {}; fetch with the step's logits_len",
-                            fetch.logits_len
-                        ),
-                    }),
-                    None => Outcome::Error(SeqError {
-                        code: SeqErrorCode::UnknownSequence as i32,
-                        message: format!(
-                            "no kept row for sequence {seq_id}: its last step was not a sparse step, or it was released"
-                        ),
-                    }),
+                    Some(&(index, len)) if len == fetch.logits_len => match &fetch.what {
+                        FetchWhat::Rows => Outcome::Logits(sh.bank.packed(index, fetch.dtype, len)),
+                        FetchWhat::Certificates { candidates, .. } => {
+                            sh.bank.refined(index, *candidates, len, fetch.extras(i), fetch.dtype)
+                        }
+                    },
+                    Some(&(_, len)) => wrong_length(seq_id, len, fetch.logits_len),
+                    None => no_kept_row(seq_id),
                 };
                 SeqResult { seq_id, outcome: Some(outcome) }
             })

@@ -9,7 +9,7 @@ use genarm_proto::v1::seq_result::Outcome;
 use genarm_proto::v1::worker_client::WorkerClient;
 use genarm_proto::v1::{
     FetchRowsRequest, InfoRequest, LogitsWire, ReleaseRequest, Role, SeqErrorCode, SeqStep, StatsRequest,
-    StepRequest, WORKER_SERVICE_NAME,
+    StepRequest, TokenIds, WORKER_SERVICE_NAME,
 };
 use genarm_testkit::cluster::{genarm_command, ChildProcess};
 use tonic::transport::Channel;
@@ -162,10 +162,29 @@ async fn the_sparse_wire_sends_certificates_of_the_full_rows_and_fetch_rows_serv
         seq_ids: ids,
         logits_dtype: 0,
         logits_len: V as u32,
+        ..Default::default()
     };
     let rows = twin.fetch_rows(fetch(vec![2, 1])).await.unwrap().into_inner();
     assert_eq!(logits(&rows.results[0].outcome), logits(&full.results[1].outcome));
     assert_eq!(logits(&rows.results[1].outcome), logits(&full.results[0].outcome));
+    // Refined: 40 candidates of the same row, and its exact values at the ids asked for.
+    let refine = FetchRowsRequest {
+        logits_wire: LogitsWire::Sparse as i32,
+        candidates: 40,
+        extra_ids: vec![TokenIds { ids: vec![3, V as u32 - 1] }],
+        ..fetch(vec![2])
+    };
+    let refined = twin.fetch_rows(refine).await.unwrap().into_inner();
+    let row = logits(&full.results[1].outcome);
+    let Some(Outcome::Sparse(cert)) = &refined.results[0].outcome else {
+        panic!("expected a refined certificate: {:?}", refined.results[0].outcome)
+    };
+    assert_eq!(cert.ids.len(), 40);
+    for (&id, &x) in cert.ids.iter().zip(&cert.logits).chain(cert.extra_ids.iter().zip(&cert.extra_logits)) {
+        assert_eq!(x, row[id as usize], "id {id}");
+    }
+    assert!(cert.extra_ids.iter().all(|id| [3, V as u32 - 1].contains(id) && !cert.ids.contains(id)));
+    assert!(cert.extra_logits.iter().all(|&x| x <= cert.outside_max), "extras are bounded by outside_max");
     twin.release(ReleaseRequest { seq_ids: vec![1] }).await.unwrap();
     let rows = twin.fetch_rows(fetch(vec![1, 3])).await.unwrap().into_inner();
     assert_eq!(error_code(&rows.results[0].outcome), SeqErrorCode::UnknownSequence);

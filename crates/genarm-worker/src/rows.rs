@@ -47,11 +47,16 @@ impl KeptRows {
         self.len() == 0
     }
 
-    /// One `FetchRows` result for `seq_id`: its kept row's first `logits_len` values packed as
-    /// `dtype`, or why there is none.
-    pub fn fetch(&self, seq_id: u64, dtype: WireDtype, logits_len: usize) -> SeqResult {
-        // Copied out under the lock and packed after, so a concurrent step's store is not held up
-        // by the packing of a 128k-value row.
+    /// One `FetchRows` result for `seq_id`: `answer` applied to its kept row's first `logits_len`
+    /// values (packing it, or certifying it again), or why there is none.
+    pub fn fetch(
+        &self,
+        seq_id: u64,
+        logits_len: usize,
+        answer: impl FnOnce(&[f32]) -> seq_result::Outcome,
+    ) -> SeqResult {
+        // Copied out under the lock and answered after, so a concurrent step's store is not held
+        // up by the packing of a 128k-value row.
         let row: Option<Result<Vec<f32>, usize>> = self.lock().get(&seq_id).map(|row| {
             if row.len() >= logits_len {
                 Ok(row[..logits_len].to_vec())
@@ -60,27 +65,40 @@ impl KeptRows {
             }
         });
         let outcome = match row {
-            Some(Ok(row)) => {
-                let mut bytes = Vec::new();
-                pack(&row, dtype, &mut bytes);
-                seq_result::Outcome::Logits(Bytes::from(bytes))
-            }
-            Some(Err(kept)) => seq_result::Outcome::Error(SeqError {
-                code: SeqErrorCode::Invalid as i32,
-                message: format!(
-                    "sequence {seq_id}: its kept row has {kept} logits (its step's logits_len), \
-                     FetchRows asks for {logits_len}; fetch with the step's logits_len"
-                ),
-            }),
-            None => seq_result::Outcome::Error(SeqError {
-                code: SeqErrorCode::UnknownSequence as i32,
-                message: format!(
-                    "no kept row for sequence {seq_id}: its last step was not a sparse step, or it was released"
-                ),
-            }),
+            Some(Ok(row)) => answer(&row),
+            Some(Err(kept)) => wrong_length(seq_id, kept, logits_len),
+            None => no_kept_row(seq_id),
         };
         SeqResult { seq_id, outcome: Some(outcome) }
     }
+}
+
+/// A `FetchRows` answer for a sequence whose kept row has `kept` logits, asked for `asked`.
+pub fn wrong_length(seq_id: u64, kept: usize, asked: usize) -> seq_result::Outcome {
+    seq_result::Outcome::Error(SeqError {
+        code: SeqErrorCode::Invalid as i32,
+        message: format!(
+            "sequence {seq_id}: its kept row has {kept} logits (its step's logits_len), \
+             FetchRows asks for {asked}; fetch with the step's logits_len"
+        ),
+    })
+}
+
+/// A `FetchRows` answer for a sequence with no kept row.
+pub fn no_kept_row(seq_id: u64) -> seq_result::Outcome {
+    seq_result::Outcome::Error(SeqError {
+        code: SeqErrorCode::UnknownSequence as i32,
+        message: format!(
+            "no kept row for sequence {seq_id}: its last step was not a sparse step, or it was released"
+        ),
+    })
+}
+
+/// The kept `row` packed as `dtype`: a `FetchRows` answer for whole rows.
+pub fn packed_row(row: &[f32], dtype: WireDtype) -> seq_result::Outcome {
+    let mut bytes = Vec::new();
+    pack(row, dtype, &mut bytes);
+    seq_result::Outcome::Logits(Bytes::from(bytes))
 }
 
 #[cfg(test)]
@@ -102,21 +120,20 @@ mod tests {
         rows.keep(1, vec![4.0, 5.0, 6.0]);
         rows.keep(2, vec![7.0, 8.0, 9.0]);
         assert_eq!(rows.len(), 2, "one row per sequence");
-        let r = rows.fetch(1, WireDtype::F32, 2);
+        let fetch = |id, dtype, len| rows.fetch(id, len, |r| packed_row(r, dtype));
+        let r = fetch(1, WireDtype::F32, 2);
         let Some(seq_result::Outcome::Logits(b)) = &r.outcome else { panic!("{r:?}") };
         let mut out = vec![0.0; 2];
         unpack(b, WireDtype::F32, 2, &mut out).unwrap();
         assert_eq!((r.seq_id, out), (1, vec![4.0, 5.0]), "the latest row, cut to logits_len");
-        let Some(seq_result::Outcome::Logits(b)) = &rows.fetch(2, WireDtype::Bf16, 3).outcome else {
-            panic!()
-        };
+        let Some(seq_result::Outcome::Logits(b)) = &fetch(2, WireDtype::Bf16, 3).outcome else { panic!() };
         assert_eq!(b.len(), 6);
 
-        let (c, m) = code(&rows.fetch(1, WireDtype::F32, 4));
+        let (c, m) = code(&fetch(1, WireDtype::F32, 4));
         assert_eq!(c, SeqErrorCode::Invalid);
         assert!(m.contains("3 logits") && m.contains("asks for 4"), "{m}");
         rows.forget([1, 99]);
-        let (c, m) = code(&rows.fetch(1, WireDtype::F32, 3));
+        let (c, m) = code(&fetch(1, WireDtype::F32, 3));
         assert_eq!(c, SeqErrorCode::UnknownSequence);
         assert!(m.contains("no kept row for sequence 1"), "{m}");
         assert_eq!(rows.len(), 1);

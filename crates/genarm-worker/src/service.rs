@@ -19,9 +19,10 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
 use crate::role::WorkerRole;
+use crate::rows::packed_row;
 use crate::rows::KeptRows;
 use crate::stats::{CountersSnapshot, StepCounters};
-use crate::step::{execute_step, prepare_fetch, prepare_step};
+use crate::step::{execute_step, prepare_fetch, prepare_step, refined_outcome, FetchWhat};
 
 struct Shared {
     engine: OnceLock<Engine>,
@@ -136,7 +137,8 @@ impl WorkerService {
     }
 
     /// Serves one `FetchRows`: per sequence, in order, the row its last (sparse) step kept, packed
-    /// and cut as asked, or UNKNOWN_SEQUENCE. It never waits for a running forward: the rows have
+    /// and cut as asked (or certified again, deeper, with the values at the ids the router names),
+    /// or UNKNOWN_SEQUENCE. It never waits for a running forward: the rows have
     /// their own lock, and the router fetches while no step of these sequences runs.
     #[tracing::instrument(level = "debug", skip_all, fields(seqs = req.seq_ids.len(), reward_name = %req.reward_name))]
     pub async fn handle_fetch_rows(&self, req: FetchRowsRequest) -> Result<StepResponse, Status> {
@@ -145,7 +147,18 @@ impl WorkerService {
         let shared = self.shared.clone();
         // Off the runtime: packing a batch of 128k-value rows takes milliseconds.
         let results = tokio::task::spawn_blocking(move || {
-            fetch.seq_ids.iter().map(|&id| shared.kept.fetch(id, fetch.dtype, fetch.logits_len)).collect()
+            let (dtype, len) = (fetch.dtype, fetch.logits_len);
+            fetch
+                .seq_ids
+                .iter()
+                .enumerate()
+                .map(|(i, &id)| match &fetch.what {
+                    FetchWhat::Rows => shared.kept.fetch(id, len, |row| packed_row(row, dtype)),
+                    FetchWhat::Certificates { candidates, .. } => shared
+                        .kept
+                        .fetch(id, len, |row| refined_outcome(row, *candidates, fetch.extras(i), dtype)),
+                })
+                .collect()
         })
         .await
         .map_err(|e| Status::internal(format!("the fetch task failed: {e}")))?;

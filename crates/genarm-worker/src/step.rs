@@ -3,10 +3,9 @@
 //! dtype, the sparse wire's certificate of them, or a [`SeqError`] with its code. The
 //! `FetchRows` call's request checks live here too, as they are the step's.
 
-use genarm_fusion::packed::{pack, WireDtype};
+use genarm_fusion::packed::WireDtype;
 use genarm_fusion::{certify_row, OwnedRowCertificate};
 use genarm_model::{Engine, StepError, StepSeq};
-use genarm_proto::prost::bytes::Bytes;
 use genarm_proto::v1::{
     seq_result, FetchRowsRequest, LogitsDtype, LogitsWire, SeqError, SeqErrorCode, SeqResult, SparseLogits,
     StepRequest, StepResponse,
@@ -14,7 +13,7 @@ use genarm_proto::v1::{
 use tonic::Status;
 
 use crate::role::WorkerRole;
-use crate::rows::KeptRows;
+use crate::rows::{packed_row, KeptRows};
 use crate::stats::StepCounters;
 
 /// What a step answers each advanced sequence with.
@@ -76,10 +75,37 @@ pub fn prepare_step(req: StepRequest, role: &WorkerRole, vocab_size: usize) -> R
 pub struct PreparedFetch {
     /// The sequences, in request order.
     pub seq_ids: Vec<u64>,
-    /// How to pack the rows.
+    /// How to pack the rows (and a row a certificate cannot describe).
     pub dtype: WireDtype,
     /// How many logits per row (1..=vocab).
     pub logits_len: usize,
+    /// Whole rows, or refined certificates of them.
+    pub what: FetchWhat,
+}
+
+/// What a `FetchRows` answers per sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchWhat {
+    /// The kept row, packed.
+    Rows,
+    /// A certificate of the kept row with this many candidates (1..=logits_len) and the exact
+    /// values at each sequence's `extra_ids` (one list per sequence, in order; empty when none).
+    Certificates {
+        /// Candidates per sequence.
+        candidates: usize,
+        /// Per sequence, the ids whose values the router wants.
+        extra_ids: Vec<Vec<u32>>,
+    },
+}
+
+impl PreparedFetch {
+    /// The ids whose values the router wants for the `i`-th sequence (none for whole rows).
+    pub fn extras(&self, i: usize) -> &[u32] {
+        match &self.what {
+            FetchWhat::Certificates { extra_ids, .. } => extra_ids.get(i).map(Vec::as_slice).unwrap_or(&[]),
+            FetchWhat::Rows => &[],
+        }
+    }
 }
 
 /// Checks a `FetchRows` request as [`prepare_step`] checks a step's reward name, dtype and
@@ -91,7 +117,61 @@ pub fn prepare_fetch(
 ) -> Result<PreparedFetch, Status> {
     let (dtype, logits_len) =
         check_rows(&req.reward_name, req.logits_dtype, req.logits_len, role, vocab_size)?;
-    Ok(PreparedFetch { seq_ids: req.seq_ids, dtype, logits_len })
+    let what = match LogitsWire::try_from(req.logits_wire) {
+        Ok(LogitsWire::Full) => FetchWhat::Rows,
+        Ok(LogitsWire::Sparse) if req.candidates == 0 => return Err(Status::invalid_argument(
+            "candidates must be at least 1 for a FetchRows with LOGITS_WIRE_SPARSE (how many logits each \
+                 refined certificate ranks)",
+        )),
+        Ok(LogitsWire::Sparse) => {
+            if !req.extra_ids.is_empty() && req.extra_ids.len() != req.seq_ids.len() {
+                return Err(Status::invalid_argument(format!(
+                    "extra_ids has {} lists for {} sequences: send one per sequence, in seq_ids order, or none",
+                    req.extra_ids.len(),
+                    req.seq_ids.len()
+                )));
+            }
+            let extra_ids: Vec<Vec<u32>> = req.extra_ids.into_iter().map(|l| l.ids).collect();
+            if let Some((i, &id)) = extra_ids
+                .iter()
+                .enumerate()
+                .find_map(|(i, l)| l.iter().find(|&&id| id as usize >= logits_len).map(|id| (i, id)))
+            {
+                return Err(Status::invalid_argument(format!(
+                    "extra id {id} of sequence {} is not below logits_len {logits_len}",
+                    req.seq_ids[i]
+                )));
+            }
+            FetchWhat::Certificates { candidates: (req.candidates as usize).min(logits_len), extra_ids }
+        }
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "unknown logits_wire {} in FetchRows: use LOGITS_WIRE_FULL (0) for whole rows or \
+                 LOGITS_WIRE_SPARSE (1) for refined certificates",
+                req.logits_wire
+            )))
+        }
+    };
+    Ok(PreparedFetch { seq_ids: req.seq_ids, dtype, logits_len, what })
+}
+
+/// The refined certificate of a kept `row` (its first `logits_len` values) with `candidates`
+/// candidates and the values at `extras`; a row that cannot be certified goes out whole, packed as
+/// `dtype`, as a step would send it.
+pub fn refined_outcome(
+    row: &[f32],
+    candidates: usize,
+    extras: &[u32],
+    dtype: WireDtype,
+) -> seq_result::Outcome {
+    let mut cert = OwnedRowCertificate::default();
+    match certify_row(row, candidates, &mut cert)
+        .map_err(|e| e.to_string())
+        .and_then(|()| cert.add_extras(row, extras))
+    {
+        Ok(()) => seq_result::Outcome::Sparse(sparse_logits(&cert)),
+        Err(_) => packed_row(row, dtype),
+    }
 }
 
 /// The checks `Step` and `FetchRows` share: the reward name, the dtype, `logits_len` (0 = all).
@@ -204,17 +284,10 @@ fn row_outcome(
             Ok(()) => seq_result::Outcome::Sparse(sparse_logits(cert)),
             // NaN, +inf or all masked: the full row, so that the router reports it exactly as on
             // the full wire.
-            Err(_) => packed(row, dtype),
+            Err(_) => packed_row(row, dtype),
         },
-        StepWire::Full => packed(row, dtype),
+        StepWire::Full => packed_row(row, dtype),
     }
-}
-
-/// `row` packed as `dtype`.
-fn packed(row: &[f32], dtype: WireDtype) -> seq_result::Outcome {
-    let mut bytes = Vec::new();
-    pack(row, dtype, &mut bytes);
-    seq_result::Outcome::Logits(Bytes::from(bytes))
 }
 
 /// The wire form of a certificate.
@@ -226,6 +299,8 @@ pub fn sparse_logits(c: &OwnedRowCertificate) -> SparseLogits {
         log_sum: c.log_sum,
         outside_max: c.outside_max,
         tail_log_sum: c.tail_log_sum,
+        extra_ids: c.extra_ids.clone(),
+        extra_logits: c.extra_logits.clone(),
     }
 }
 
@@ -246,7 +321,7 @@ pub fn seq_error(e: &StepError) -> SeqError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use genarm_proto::v1::SeqStep;
+    use genarm_proto::v1::{SeqStep, TokenIds};
 
     fn req(reward_name: &str, logits_dtype: i32, logits_len: u32) -> StepRequest {
         StepRequest {
@@ -285,11 +360,47 @@ mod tests {
             seq_ids: vec![3, 1, 3],
             logits_dtype: LogitsDtype::Bf16 as i32,
             logits_len: 0,
+            ..Default::default()
         };
         assert_eq!(
-            prepare_fetch(f, &rm, 100).unwrap(),
-            PreparedFetch { seq_ids: vec![3, 1, 3], dtype: WireDtype::Bf16, logits_len: 100 }
+            prepare_fetch(f.clone(), &rm, 100).unwrap(),
+            PreparedFetch {
+                seq_ids: vec![3, 1, 3],
+                dtype: WireDtype::Bf16,
+                logits_len: 100,
+                what: FetchWhat::Rows
+            }
         );
+        let ids = |v: &[u32]| TokenIds { ids: v.to_vec() };
+        let refine = FetchRowsRequest {
+            logits_wire: LogitsWire::Sparse as i32,
+            candidates: 500,
+            extra_ids: vec![ids(&[4, 99]), ids(&[]), ids(&[0])],
+            ..f
+        };
+        let p = prepare_fetch(refine.clone(), &rm, 100).unwrap();
+        assert_eq!(
+            p.what,
+            FetchWhat::Certificates { candidates: 100, extra_ids: vec![vec![4, 99], vec![], vec![0]] },
+            "candidates capped at logits_len"
+        );
+        assert_eq!((p.extras(0), p.extras(1), p.extras(7)), (&[4u32, 99][..], &[][..], &[][..]));
+        let p = prepare_fetch(FetchRowsRequest { extra_ids: vec![], ..refine.clone() }, &rm, 100).unwrap();
+        assert_eq!(p.extras(0), &[] as &[u32], "no lists at all is fine");
+
+        let e = prepare_fetch(FetchRowsRequest { candidates: 0, ..refine.clone() }, &rm, 100).unwrap_err();
+        assert!(e.message().contains("candidates must be at least 1"), "{}", e.message());
+        let e = prepare_fetch(FetchRowsRequest { extra_ids: vec![ids(&[1])], ..refine.clone() }, &rm, 100)
+            .unwrap_err();
+        assert!(e.message().contains("1 lists for 3 sequences"), "{}", e.message());
+        let e = prepare_fetch(FetchRowsRequest { logits_len: 50, ..refine.clone() }, &rm, 100).unwrap_err();
+        assert!(
+            e.message().contains("extra id 99 of sequence 3 is not below logits_len 50"),
+            "{}",
+            e.message()
+        );
+        let e = prepare_fetch(FetchRowsRequest { logits_wire: 7, ..refine }, &rm, 100).unwrap_err();
+        assert!(e.message().contains("unknown logits_wire 7 in FetchRows"), "{}", e.message());
     }
 
     #[test]
@@ -313,6 +424,7 @@ mod tests {
             seq_ids: vec![1],
             logits_dtype,
             logits_len,
+            ..Default::default()
         };
         let e = prepare_fetch(fetch("helpful", 0, 0), &WorkerRole::Base, 100).unwrap_err();
         assert!(e.message().contains("base") && e.message().contains("\"helpful\""), "{}", e.message());
@@ -373,14 +485,25 @@ mod tests {
         assert_eq!(s.ids.len(), 5);
         assert!(matches!(&r.results[1].outcome, Some(seq_result::Outcome::Error(_))));
         assert_eq!(kept.len(), 1, "only the advanced sequence's row is kept");
-        let fetched = kept.fetch(2, WireDtype::F32, len);
+        let fetched = kept.fetch(2, len, |r| packed_row(r, WireDtype::F32));
         let same = row(&fetched, len).iter().zip(&reference).all(|(a, b)| a.to_bits() == b.to_bits());
         assert!(same, "the kept row is the full step's, bit for bit");
+        // Refined: a deeper certificate of the same row, with the values at the ids asked for.
+        let refined = kept.fetch(2, len, |r| refined_outcome(r, 20, &[want.ids[0], 150, 7], WireDtype::F32));
+        let Some(seq_result::Outcome::Sparse(d)) = &refined.outcome else { panic!("{refined:?}") };
+        let mut deeper = OwnedRowCertificate::default();
+        certify_row(&reference, 20, &mut deeper).unwrap();
+        deeper.add_extras(&reference, &[want.ids[0], 150, 7]).unwrap();
+        assert_eq!(d, &sparse_logits(&deeper));
+        assert_eq!(d.ids.len(), 20);
+        for (id, x) in d.extra_ids.iter().zip(&d.extra_logits) {
+            assert_eq!(x.to_bits(), reference[*id as usize].to_bits(), "extra {id}");
+        }
 
         // The next sparse step replaces the row; a full step, or a failed one, drops it.
         let r = run(&engine, &kept, wire, &[(2, 4, vec![9])], len);
         assert!(matches!(&r.results[0].outcome, Some(seq_result::Outcome::Sparse(_))));
-        assert_ne!(row(&kept.fetch(2, WireDtype::F32, len), len), reference, "replaced");
+        assert_ne!(row(&kept.fetch(2, len, |r| packed_row(r, WireDtype::F32)), len), reference, "replaced");
         run(&engine, &kept, wire, &[(2, 3, vec![9])], len);
         assert!(kept.is_empty(), "a position mismatch drops the row");
         run(&engine, &kept, wire, &[(2, 5, vec![9])], len);
@@ -397,7 +520,8 @@ mod tests {
         let wire = StepWire::Sparse { candidates: 2 };
         for bad in [vec![0.0, f32::NAN, 1.0], vec![0.0, f32::INFINITY, 1.0], vec![f32::NEG_INFINITY; 3]] {
             let got = row_outcome(&bad, wire, WireDtype::Bf16, &mut cert);
-            assert_eq!(got, packed(&bad, WireDtype::Bf16), "{bad:?}");
+            assert_eq!(got, packed_row(&bad, WireDtype::Bf16), "{bad:?}");
+            assert_eq!(refined_outcome(&bad, 2, &[0], WireDtype::Bf16), packed_row(&bad, WireDtype::Bf16));
         }
         let good = [0.5, 3.0, -1.0];
         let Some(seq_result::Outcome::Sparse(s)) = Some(row_outcome(&good, wire, WireDtype::F32, &mut cert))
@@ -407,7 +531,7 @@ mod tests {
         assert_eq!((s.ids, s.logits, s.max, s.outside_max), (vec![1, 0], vec![3.0, 0.5], 3.0, -1.0));
         assert_eq!(
             row_outcome(&good, StepWire::Full, WireDtype::F32, &mut cert),
-            packed(&good, WireDtype::F32)
+            packed_row(&good, WireDtype::F32)
         );
     }
 

@@ -1,12 +1,13 @@
 //! The sparse wire's certificates from arbitrary bytes: a worker's `StepResponse` (prost) whose
 //! `SparseLogits` outcomes go to `Sampler::sample_certified` as the base's and the ARMs'
-//! certificates under several sampling modes. Inconsistent certificates must give errors, and a
-//! certified token must lie in the vocabulary, never a panic.
+//! certificates under several sampling modes, and to `missing_ids` (what a refined certificate of
+//! each must add). Inconsistent certificates (extras included) must give errors, and a certified
+//! token must lie in the vocabulary, never a panic.
 //!
 //! The reply's `forward_micros` picks the vocabulary size (1..=4096) and each result's `seq_id`
 //! the ARM's α (bits 8..40, as f32 bits) and, for the first, the sampling parameters.
 
-use genarm_fusion::{RowCertificate, Sampler, SamplingParams};
+use genarm_fusion::{missing_ids, RowCertificate, Sampler, SamplingParams};
 use genarm_proto::prost::Message;
 use genarm_proto::v1::{seq_result::Outcome, StepResponse};
 
@@ -29,6 +30,8 @@ pub fn sparse_certificate(data: &[u8]) {
                     log_sum: s.log_sum,
                     outside_max: s.outside_max,
                     tail_log_sum: s.tail_log_sum,
+                    extra_ids: &s.extra_ids,
+                    extra_logits: &s.extra_logits,
                 },
             )),
             _ => None,
@@ -37,6 +40,16 @@ pub fn sparse_certificate(data: &[u8]) {
     let Some(((seed, base), arms)) = certs.split_first() else {
         return;
     };
+    let views: Vec<RowCertificate<'_>> = certs.iter().map(|(_, c)| *c).collect();
+    let mut missing = Vec::new();
+    for (m, own) in views.iter().enumerate() {
+        missing_ids(&views, m, &mut missing);
+        assert!(missing.windows(2).all(|w| w[0] < w[1]), "missing ids not sorted and distinct");
+        assert!(
+            missing.iter().all(|id| !own.ids.contains(id) && !own.extra_ids.contains(id)),
+            "a missing id the model already holds"
+        );
+    }
     let arms: Vec<(f32, RowCertificate<'_>)> =
         arms.iter().map(|(id, c)| (f32::from_bits((id >> 8) as u32), *c)).collect();
     let modes = [

@@ -125,6 +125,16 @@ pub struct Args {
         value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub sparse_candidates: u32,
 
+    /// Candidates of a refined certificate on the sparse wire: when a step's certificates are
+    /// too loose to prove a sequence's token (a nucleus longer than `--sparse-candidates`, or
+    /// models whose candidates disagree), the router first asks its workers for deeper
+    /// certificates with this many candidates plus each model's exact values at the others'
+    /// candidates, and fetches whole rows only if those still cannot prove it. 0 fetches whole
+    /// rows at once.
+    #[arg(long, env = "GENARM_SPARSE_REFINE_CANDIDATES", value_name = "N", default_value_t = 2048,
+        value_parser = clap::value_parser!(u32).range(0..=65536))]
+    pub sparse_refine_candidates: u32,
+
     /// Threads that fuse, sample and detokenize each step's sequences, in parallel and off the
     /// async runtime (0: one per available core).
     #[arg(long, env = "GENARM_SAMPLING_THREADS", value_name = "N", default_value_t = 0)]

@@ -31,11 +31,13 @@ pub fn wire_dtype(d: LogitsDtypeArg) -> WireDtype {
     }
 }
 
-/// The logits wire of `--logits-wire` and `--sparse-candidates`.
+/// The logits wire of `--logits-wire`, `--sparse-candidates` and `--sparse-refine-candidates`.
 pub fn logits_wire(args: &Args) -> LogitsWire {
     match args.logits_wire {
         LogitsWireArg::Full => LogitsWire::Full,
-        LogitsWireArg::Sparse => LogitsWire::Sparse { candidates: args.sparse_candidates },
+        LogitsWireArg::Sparse => {
+            LogitsWire::Sparse { candidates: args.sparse_candidates, refine: args.sparse_refine_candidates }
+        }
     }
 }
 

@@ -142,7 +142,12 @@ pub fn describe() {
     );
     describe_counter!(
         "genarm_sparse_certified_total",
-        "Tokens the sparse logits wire certified from the workers' certificates alone"
+        "Tokens the sparse logits wire certified from the workers' certificates alone (the step's or refined ones)"
+    );
+    describe_counter!(
+        "genarm_sparse_refined_total",
+        "Tokens whose step certificates were too loose, for which the router fetched refined certificates, by \
+         outcome (certified, or fallback to full rows)"
     );
     describe_counter!(
         "genarm_sparse_fallbacks_total",
@@ -268,6 +273,12 @@ impl SchedMetrics {
         if let Some(c) = self.model_wire_bytes.get(m) {
             c.increment(bytes);
         }
+    }
+
+    /// Records a token for which refined certificates were fetched, and whether they proved it.
+    pub fn sparse_refined(&self, certified: bool) {
+        let outcome = if certified { "certified" } else { "fallback" };
+        metrics::counter!("genarm_sparse_refined_total", "outcome" => outcome).increment(1);
     }
 
     /// Records a token the sparse wire could not certify.

@@ -15,8 +15,8 @@ use genarm_text::ModelText;
 
 use crate::scheduler::{Detokenizer, TextStep};
 use crate::workers::{
-    Bytes, CallError, LogitsWire, ModelIndex, SeqErrorKind, SeqOutcome, SeqStep, SparseRow, StepBackend,
-    StepReply, WorkerHealth,
+    Bytes, CallError, LogitsWire, ModelIndex, RowFetch, SeqErrorKind, SeqOutcome, SeqStep, SparseRow,
+    StepBackend, StepReply, WorkerHealth,
 };
 use crate::workers::{Catalog, ModelEntry};
 
@@ -61,8 +61,10 @@ pub struct FakeState {
     pub released: Vec<u64>,
     /// The rows of the last sparse step, per sequence (for `fetch_rows`).
     pub kept_rows: HashMap<u64, Vec<f32>>,
-    /// Sequence ids of each `fetch_rows` call.
+    /// Sequence ids of each `fetch_rows` call for whole rows.
     pub fetches: Vec<Vec<u64>>,
+    /// Sequence ids of each `fetch_rows` call for refined certificates.
+    pub refines: Vec<Vec<u64>>,
     /// Fail this many next `fetch_rows` calls as a whole.
     pub fail_fetches: usize,
     /// On the next sparse step, send certificates whose bound on the values left out is above a
@@ -189,21 +191,14 @@ impl StepBackend for FakeBackend {
                 logits[t] = v;
             }
             st.kept_rows.remove(&s.seq_id);
-            if let LogitsWire::Sparse { candidates } = wire {
+            if let LogitsWire::Sparse { candidates, .. } = wire {
                 let mut c = OwnedRowCertificate::default();
                 if certify_row(&logits, candidates as usize, &mut c).is_ok() {
                     st.kept_rows.insert(s.seq_id, logits);
                     if bad_certificate {
                         c.outside_max = c.max;
                     }
-                    out.push(SeqOutcome::Sparse(SparseRow {
-                        ids: c.ids,
-                        logits: c.logits,
-                        max: c.max,
-                        log_sum: c.log_sum,
-                        outside_max: c.outside_max,
-                        tail_log_sum: c.tail_log_sum,
-                    }));
+                    out.push(SeqOutcome::Sparse(sparse_row(c)));
                     continue;
                 }
             }
@@ -227,10 +222,13 @@ impl StepBackend for FakeBackend {
         model: ModelIndex,
         seq_ids: Vec<u64>,
         _logits_len: u32,
-        dtype: WireDtype,
+        what: RowFetch,
     ) -> Result<(Vec<SeqOutcome>, u64), CallError> {
         let mut st = self.state(model);
-        st.fetches.push(seq_ids.clone());
+        match &what {
+            RowFetch::Rows(_) => st.fetches.push(seq_ids.clone()),
+            RowFetch::Certificates { .. } => st.refines.push(seq_ids.clone()),
+        }
         if st.fail_fetches > 0 {
             st.fail_fetches -= 1;
             return Err(CallError::Transport("connection reset".into()));
@@ -238,14 +236,23 @@ impl StepBackend for FakeBackend {
         let mut bytes_total = 0;
         let out = seq_ids
             .iter()
-            .map(|id| match st.kept_rows.get(id) {
-                Some(row) => {
+            .enumerate()
+            .map(|(i, id)| match (st.kept_rows.get(id), &what) {
+                (Some(row), RowFetch::Rows(dtype)) => {
                     let mut bytes = Vec::new();
-                    pack(row, dtype, &mut bytes);
+                    pack(row, *dtype, &mut bytes);
                     bytes_total += bytes.len() as u64;
                     SeqOutcome::Logits(Bytes::from(bytes))
                 }
-                None => {
+                (Some(row), RowFetch::Certificates { candidates, extra_ids, .. }) => {
+                    let mut c = OwnedRowCertificate::default();
+                    certify_row(row, *candidates as usize, &mut c).expect("kept rows are certifiable");
+                    c.add_extras(row, extra_ids.get(i).map(Vec::as_slice).unwrap_or(&[]))
+                        .expect("the router asks for ids inside the row");
+                    bytes_total += 8 * (c.ids.len() + c.extra_ids.len()) as u64 + 24;
+                    SeqOutcome::Sparse(sparse_row(c))
+                }
+                (None, _) => {
                     SeqOutcome::Error { kind: SeqErrorKind::UnknownSequence, message: "no kept row".into() }
                 }
             })
@@ -261,6 +268,20 @@ impl StepBackend for FakeBackend {
             st.released.push(id);
         }
         Ok(())
+    }
+}
+
+/// A certificate as the gRPC layer hands it to the scheduler.
+fn sparse_row(c: OwnedRowCertificate) -> SparseRow {
+    SparseRow {
+        ids: c.ids,
+        logits: c.logits,
+        max: c.max,
+        log_sum: c.log_sum,
+        outside_max: c.outside_max,
+        tail_log_sum: c.tail_log_sum,
+        extra_ids: c.extra_ids,
+        extra_logits: c.extra_logits,
     }
 }
 

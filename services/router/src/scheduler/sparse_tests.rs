@@ -1,7 +1,8 @@
 //! The sparse logits wire in the scheduler against the full wire, on the in-process fake
 //! backend: identical tokens and log-probabilities for every sampling mode, guided or not, with
-//! fallbacks to fetched rows (negative weights, `top_logprobs`, uncertified draws), a fetch that
-//! fails (replayed, nothing lost) and a worker whose row cannot be certified.
+//! refined certificates and fallbacks to fetched rows (negative weights, `top_logprobs`,
+//! uncertified draws), a fetch that fails (replayed, nothing lost) and a worker whose row cannot be
+//! certified.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,7 +126,7 @@ async fn the_sparse_wire_streams_exactly_what_the_full_wire_streams() {
     let want = run_all(&full).await;
     // The fake's rows are flat (uniform over a grid), the hardest case for certificates: a
     // quarter of the vocabulary per certificate leaves a tail the bounds can still handle.
-    let (backend, sparse, _b) = start(LogitsWire::Sparse { candidates: 64 });
+    let (backend, sparse, _b) = start(LogitsWire::Sparse { candidates: 64, refine: 0 });
     let got = run_all(&sparse).await;
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert!(w.1.is_ok(), "request {i} failed on the full wire: {:?}", w.1);
@@ -137,6 +138,21 @@ async fn the_sparse_wire_streams_exactly_what_the_full_wire_streams() {
     let fetched: usize = backend.state(0).fetches.iter().map(Vec::len).sum();
     assert!(fetched > 0, "no row was ever fetched");
     assert!(steps - fetched >= 48, "{fetched} of {steps} base rows fetched: too few certified");
+    assert!(backend.state(0).refines.is_empty(), "refine 0 never asks for refined certificates");
+
+    // With refined certificates first: the same streams, fewer whole rows. The first fetch of
+    // the first ARM fails (its sequences are replayed, nothing lost).
+    let (refining, sparse, _c) = start(LogitsWire::Sparse { candidates: 64, refine: 160 });
+    refining.state(1).fail_fetches = 1;
+    let got = run_all(&sparse).await;
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g, w, "refined, request {i}: {:?}", requests()[i].2);
+    }
+    let refined: usize = refining.state(0).refines.iter().map(Vec::len).sum();
+    let whole: usize = refining.state(0).fetches.iter().map(Vec::len).sum();
+    assert!(refined > 0, "no certificate was refined");
+    assert!(whole < fetched, "refining fetched {whole} whole rows, without it {fetched}");
+    assert_eq!(refining.state(1).fail_fetches, 0, "the failure was injected and met");
 }
 
 #[tokio::test]
@@ -151,7 +167,7 @@ async fn the_sparse_wire_is_exact_whatever_the_logits_dtype() {
     assert_ne!(rounded, want, "bf16 rows must change some stream, or this test proves nothing");
     let (backend, sparse, _c) = start_with(SchedulerConfig {
         dtype: WireDtype::Bf16,
-        ..config(LogitsWire::Sparse { candidates: 64 })
+        ..config(LogitsWire::Sparse { candidates: 64, refine: 0 })
     });
     assert_eq!(run_all(&sparse).await, want);
     assert!(backend.state(0).fetches.iter().map(Vec::len).sum::<usize>() > 0, "some rows were fetched");
@@ -160,7 +176,7 @@ async fn the_sparse_wire_is_exact_whatever_the_logits_dtype() {
 #[tokio::test]
 async fn a_failed_row_fetch_replays_the_sequence_and_loses_nothing() {
     let (_fb, full, _a) = start(LogitsWire::Full);
-    let (backend, sparse, _b) = start(LogitsWire::Sparse { candidates: 8 });
+    let (backend, sparse, _b) = start(LogitsWire::Sparse { candidates: 8, refine: 0 });
     // top_logprobs always needs the full rows: the first fetch of the base fails.
     backend.state(0).fail_fetches = 1;
     let req = |h: &SchedulerHandle| {
@@ -184,7 +200,7 @@ async fn a_failed_row_fetch_replays_the_sequence_and_loses_nothing() {
 
 #[tokio::test]
 async fn a_row_the_worker_could_not_certify_fails_as_on_the_full_wire() {
-    for wire in [LogitsWire::Full, LogitsWire::Sparse { candidates: 8 }] {
+    for wire in [LogitsWire::Full, LogitsWire::Sparse { candidates: 8, refine: 0 }] {
         let (backend, handle, _a) = start(wire);
         backend.state(1).nan_next = true;
         let rx = handle
@@ -205,7 +221,7 @@ async fn a_row_the_worker_could_not_certify_fails_as_on_the_full_wire() {
 
 #[tokio::test]
 async fn an_inconsistent_certificate_fails_only_the_requests_that_used_it_naming_the_worker() {
-    let (backend, handle, _a) = start(LogitsWire::Sparse { candidates: 8 });
+    let (backend, handle, _a) = start(LogitsWire::Sparse { candidates: 8, refine: 0 });
     let submit = |arms: Vec<ArmRequest>| {
         handle
             .submit(GenRequest {

@@ -51,7 +51,41 @@ pub enum LogitsWire {
     Sparse {
         /// Candidates per sequence and model.
         candidates: u32,
+        /// Candidates of a refined certificate, asked for (with every model's value at the
+        /// others' candidates) before whole rows when the step's certificates were too loose to
+        /// prove a token; 0 goes straight to whole rows.
+        refine: u32,
     },
+}
+
+/// What a `FetchRows` asks each sequence's worker for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowFetch {
+    /// Its whole kept row, packed as this dtype.
+    Rows(WireDtype),
+    /// A refined certificate of its kept row (docs/architecture.md §3.4).
+    Certificates {
+        /// Candidates per certificate.
+        candidates: u32,
+        /// Per sequence, in order, the ids whose exact values the router wants.
+        extra_ids: Vec<Vec<u32>>,
+        /// How a row that cannot be certified comes whole.
+        dtype: WireDtype,
+    },
+}
+
+impl RowFetch {
+    /// The part of this fetch for the sequences at `indices` (of the whole call's list).
+    pub fn subset(&self, indices: &[usize]) -> RowFetch {
+        match self {
+            RowFetch::Rows(d) => RowFetch::Rows(*d),
+            RowFetch::Certificates { candidates, extra_ids, dtype } => RowFetch::Certificates {
+                candidates: *candidates,
+                extra_ids: indices.iter().map(|&i| extra_ids.get(i).cloned().unwrap_or_default()).collect(),
+                dtype: *dtype,
+            },
+        }
+    }
 }
 
 /// A worker's certificate of one row (the sparse wire's `SparseLogits`, owned).
@@ -69,6 +103,10 @@ pub struct SparseRow {
     pub outside_max: f32,
     /// `ln Σ exp(x − max)` over the ids not sent, rounded up.
     pub tail_log_sum: f64,
+    /// Exact values at further ids (a refined certificate), unranked.
+    pub extra_ids: Vec<u32>,
+    /// Their raw logits.
+    pub extra_logits: Vec<f32>,
 }
 
 impl SparseRow {
@@ -81,6 +119,8 @@ impl SparseRow {
             log_sum: self.log_sum,
             outside_max: self.outside_max,
             tail_log_sum: self.tail_log_sum,
+            extra_ids: &self.extra_ids,
+            extra_logits: &self.extra_logits,
         }
     }
 }
@@ -143,15 +183,16 @@ pub trait StepBackend: WorkerHealth {
         wire: LogitsWire,
     ) -> impl Future<Output = Result<StepReply, CallError>> + Send;
 
-    /// The full rows of sequences whose last step on `model` was sparse, from the replicas
-    /// holding them: one outcome per id, in order ([`SeqOutcome::Logits`], or an error when the
-    /// replica lost it), and the bytes on the wire.
+    /// The full rows (or refined certificates, per `what`) of sequences whose last step on
+    /// `model` was sparse, from the replicas holding them: one outcome per id, in order
+    /// ([`SeqOutcome::Logits`], [`SeqOutcome::Sparse`] when refined, or an error when the replica
+    /// lost it), and the bytes on the wire.
     fn fetch_rows(
         &self,
         model: ModelIndex,
         seq_ids: Vec<u64>,
         logits_len: u32,
-        dtype: WireDtype,
+        what: RowFetch,
     ) -> impl Future<Output = Result<(Vec<SeqOutcome>, u64), CallError>> + Send;
 
     /// Frees sequences on `model`'s worker (unknown ids are ignored by workers).

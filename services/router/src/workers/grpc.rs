@@ -9,11 +9,11 @@ use genarm_proto::prost::Message as _;
 use genarm_proto::v1::seq_result::Outcome;
 use genarm_proto::v1::{
     FetchRowsRequest, LogitsDtype, ReleaseRequest, SeqErrorCode, SeqResult, SparseLogits, StepRequest,
-    StepResponse,
+    StepResponse, TokenIds,
 };
 use tracing::Instrument as _;
 
-use super::backend::{LogitsWire, SeqErrorKind, SeqOutcome, SeqStep, SparseRow};
+use super::backend::{LogitsWire, RowFetch, SeqErrorKind, SeqOutcome, SeqStep, SparseRow};
 use super::error::CallError;
 use super::pool::{Member, Slot, Workers};
 
@@ -50,7 +50,7 @@ impl Workers {
             },
             candidates: match wire {
                 LogitsWire::Full => 0,
-                LogitsWire::Sparse { candidates } => candidates,
+                LogitsWire::Sparse { candidates, .. } => candidates,
             },
         };
         let request_bytes = req.encoded_len() as u64;
@@ -71,8 +71,9 @@ impl Workers {
         Ok((outcomes, forward, wire_bytes))
     }
 
-    /// One `FetchRows` call on one member: the full rows it kept from the sparse step, one outcome
-    /// per id in order, and the bytes of the request and the reply.
+    /// One `FetchRows` call on one member: the full rows it kept from the sparse step (or refined
+    /// certificates of them), one outcome per id in order, and the bytes of the request and the
+    /// reply.
     #[tracing::instrument(name = "router.worker_fetch_rows", skip_all,
         fields(worker = %slot.label, url = %member.url, seqs = seq_ids.len()))]
     pub(super) async fn fetch_rows_on(
@@ -81,13 +82,26 @@ impl Workers {
         member: &Member,
         seq_ids: Vec<u64>,
         logits_len: u32,
-        dtype: WireDtype,
+        what: RowFetch,
     ) -> Result<(Vec<SeqOutcome>, u64), CallError> {
-        let req = FetchRowsRequest {
-            reward_name: slot.reward_name.clone(),
-            seq_ids: seq_ids.clone(),
-            logits_dtype: proto_dtype(dtype) as i32,
-            logits_len,
+        let rows_only = matches!(what, RowFetch::Rows(_));
+        let req = match what {
+            RowFetch::Rows(dtype) => FetchRowsRequest {
+                reward_name: slot.reward_name.clone(),
+                seq_ids: seq_ids.clone(),
+                logits_dtype: proto_dtype(dtype) as i32,
+                logits_len,
+                ..Default::default()
+            },
+            RowFetch::Certificates { candidates, extra_ids, dtype } => FetchRowsRequest {
+                reward_name: slot.reward_name.clone(),
+                seq_ids: seq_ids.clone(),
+                logits_dtype: proto_dtype(dtype) as i32,
+                logits_len,
+                logits_wire: genarm_proto::v1::LogitsWire::Sparse as i32,
+                candidates,
+                extra_ids: extra_ids.into_iter().map(|ids| TokenIds { ids }).collect(),
+            },
         };
         let request_bytes = req.encoded_len() as u64;
         let mut client = member.client.clone();
@@ -103,7 +117,9 @@ impl Workers {
                 .into_inner();
         let wire_bytes = request_bytes + resp.encoded_len() as u64;
         let outcomes = outcomes_of(resp, &seq_ids)?;
-        if let Some(i) = outcomes.iter().position(|o| matches!(o, SeqOutcome::Sparse(_))) {
+        // A refined fetch takes certificates or whole rows (from a worker that predates refining,
+        // or for a row a certificate cannot describe); a fetch of rows takes rows only.
+        if let Some(i) = outcomes.iter().position(|o| rows_only && matches!(o, SeqOutcome::Sparse(_))) {
             return Err(CallError::Protocol(format!(
                 "answered FetchRows with a certificate for sequence {} instead of its row",
                 seq_ids[i]
@@ -150,9 +166,25 @@ fn outcome_of(r: SeqResult, id: u64) -> Result<SeqOutcome, CallError> {
     }
     Ok(match r.outcome {
         Some(Outcome::Logits(bytes)) => SeqOutcome::Logits(bytes),
-        Some(Outcome::Sparse(SparseLogits { ids, logits, max, log_sum, outside_max, tail_log_sum })) => {
-            SeqOutcome::Sparse(SparseRow { ids, logits, max, log_sum, outside_max, tail_log_sum })
-        }
+        Some(Outcome::Sparse(SparseLogits {
+            ids,
+            logits,
+            max,
+            log_sum,
+            outside_max,
+            tail_log_sum,
+            extra_ids,
+            extra_logits,
+        })) => SeqOutcome::Sparse(SparseRow {
+            ids,
+            logits,
+            max,
+            log_sum,
+            outside_max,
+            tail_log_sum,
+            extra_ids,
+            extra_logits,
+        }),
         Some(Outcome::Error(e)) => SeqOutcome::Error { kind: error_kind(e.code), message: e.message },
         None => SeqOutcome::Error { kind: SeqErrorKind::Invalid, message: "no outcome".into() },
     })

@@ -31,8 +31,8 @@ mod pool;
 mod probe;
 
 pub use backend::{
-    Bytes, LogitsWire, ModelIndex, SeqErrorKind, SeqOutcome, SeqStep, SparseRow, StepBackend, StepReply,
-    WorkerHealth,
+    Bytes, LogitsWire, ModelIndex, RowFetch, SeqErrorKind, SeqOutcome, SeqStep, SparseRow, StepBackend,
+    StepReply, WorkerHealth,
 };
 pub use catalog::{Catalog, ModelEntry};
 pub use config::{EtcdConfig, WorkersConfig};

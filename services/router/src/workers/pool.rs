@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 
 use super::backend::{
-    LogitsWire, ModelIndex, SeqErrorKind, SeqOutcome, SeqStep, StepBackend, StepReply, WorkerHealth,
+    LogitsWire, ModelIndex, RowFetch, SeqErrorKind, SeqOutcome, SeqStep, StepBackend, StepReply, WorkerHealth,
 };
 use super::catalog::Catalog;
 use super::config::WorkersConfig;
@@ -389,7 +389,7 @@ impl StepBackend for Workers {
         model: ModelIndex,
         seq_ids: Vec<u64>,
         logits_len: u32,
-        dtype: WireDtype,
+        what: RowFetch,
     ) -> Result<(Vec<SeqOutcome>, u64), CallError> {
         let slot = self.slots.get(model).ok_or(CallError::UnknownModel(model))?;
         let mut outcomes: Vec<Option<SeqOutcome>> = vec![None; seq_ids.len()];
@@ -412,10 +412,13 @@ impl StepBackend for Workers {
                 }
             }
         }
-        let calls = groups.into_iter().map(|(member, group)| async move {
+        let calls = groups.into_iter().map(|(member, group)| {
             let (idx, ids): (Vec<usize>, Vec<u64>) = group.into_iter().unzip();
-            let r = self.fetch_rows_on(slot, &member, ids, logits_len, dtype).await;
-            (member, idx, r)
+            let what = what.subset(&idx);
+            async move {
+                let r = self.fetch_rows_on(slot, &member, ids, logits_len, what).await;
+                (member, idx, r)
+            }
         });
         let mut wire_bytes = 0;
         for (member, idx, r) in futures::future::join_all(calls).await {

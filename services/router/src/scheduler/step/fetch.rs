@@ -1,22 +1,41 @@
 //! Phase 5 of a step on the sparse wire: the sequences whose token the certificates could not
-//! prove get their full rows from every model (`FetchRows`; each worker kept them from the step),
-//! so that the full path decides exactly as it would have with full rows (docs/architecture.md
-//! §3.4). A row that cannot be fetched (its replica failed since the step) sends the sequence
-//! back to the queue, to be replayed: nothing is lost.
+//! prove get, from every model (`FetchRows`; each worker kept their rows from the step), first
+//! refined certificates — deeper, and with each model's exact values at the others' candidates —
+//! when only the bounds were too loose, then, if still unproven, their full rows, so that the full
+//! path decides exactly as it would have with full rows (docs/architecture.md §3.4). A row that
+//! cannot be fetched (its replica failed since the step) sends the sequence back to the queue, to
+//! be replayed: nothing is lost.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use genarm_fusion::{missing_ids, RowCertificate};
+
 use super::{Fate, Scheduler};
 use crate::scheduler::seq::ModelRow;
 use crate::scheduler::{SchedulerError, MAX_REPLAYS};
-use crate::workers::{SeqErrorKind, SeqOutcome, StepBackend};
+use crate::workers::{RowFetch, SeqErrorKind, SeqOutcome, StepBackend};
+
+/// What [`Scheduler::fetch_rows`] replaces each certificate with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fetch {
+    /// A refined certificate with this many candidates.
+    Refined(u32),
+    /// The full row.
+    Rows,
+}
 
 impl<B: StepBackend> Scheduler<B> {
-    /// Fetches the full rows of the running sequences `need` from every model that sent them a
-    /// certificate, in one concurrent call per model.
-    pub(super) async fn fetch_rows(&mut self, need: &[usize], fates: &mut BTreeMap<usize, Fate>) {
+    /// Replaces the certificates of the running sequences `need`, from every model that sent
+    /// them one, with refined certificates or full rows (`what`), in one concurrent call per
+    /// model.
+    pub(super) async fn fetch_rows(
+        &mut self,
+        need: &[usize],
+        what: Fetch,
+        fates: &mut BTreeMap<usize, Fate>,
+    ) {
         let models = self.backend.num_models();
         // Per model: (running index, slot) of every certificate to replace.
         let mut wanted: Vec<Vec<(usize, usize)>> = vec![Vec::new(); models];
@@ -29,14 +48,23 @@ impl<B: StepBackend> Scheduler<B> {
         }
         let vocab = self.cfg.vocab as u32;
         let dtype = self.cfg.row_dtype();
+        let mut scratch = Vec::new();
         let calls: Vec<_> = wanted
             .iter()
             .enumerate()
             .filter(|(_, w)| !w.is_empty())
             .map(|(model, w)| {
                 let ids: Vec<u64> = w.iter().map(|&(si, _)| self.running[si].id).collect();
+                let request = match what {
+                    Fetch::Rows => RowFetch::Rows(dtype),
+                    Fetch::Refined(candidates) => RowFetch::Certificates {
+                        candidates,
+                        extra_ids: w.iter().map(|&(si, slot)| self.missing(si, slot, &mut scratch)).collect(),
+                        dtype,
+                    },
+                };
                 let backend = Arc::clone(&self.backend);
-                async move { (model, backend.fetch_rows(model, ids, vocab, dtype).await) }
+                async move { (model, backend.fetch_rows(model, ids, vocab, request).await) }
             })
             .collect();
         for (model, result) in futures::future::join_all(calls).await {
@@ -61,8 +89,10 @@ impl<B: StepBackend> Scheduler<B> {
                     SeqOutcome::Logits(bytes) => {
                         self.running[si].models[slot].logits = Some(ModelRow::Packed(bytes))
                     }
-                    SeqOutcome::Sparse(_) => {
-                        unreachable!("the gRPC layer refuses certificates from FetchRows")
+                    SeqOutcome::Sparse(row) => {
+                        // Only a refined fetch lets certificates through (the gRPC layer refuses
+                        // them in a fetch of rows).
+                        self.running[si].models[slot].logits = Some(ModelRow::Sparse(row))
                     }
                     SeqOutcome::Error { kind, message } => {
                         // A replica lost since the step (its call failed, or it is gone): the
@@ -75,6 +105,24 @@ impl<B: StepBackend> Scheduler<B> {
                 }
             }
         }
+    }
+
+    /// The ids that model slot `slot` of running sequence `si` lacks among the other models'
+    /// candidates: what its refined certificate must add.
+    fn missing(&self, si: usize, slot: usize, scratch: &mut Vec<u32>) -> Vec<u32> {
+        let certs: Vec<RowCertificate<'_>> = self.running[si]
+            .models
+            .iter()
+            .filter_map(|m| match &m.logits {
+                Some(ModelRow::Sparse(r)) => Some(r.certificate()),
+                _ => None,
+            })
+            .collect();
+        if certs.len() != self.running[si].models.len() {
+            return Vec::new();
+        }
+        missing_ids(&certs, slot, scratch);
+        scratch.clone()
     }
 
     /// Sequences whose row could not be fetched from `model` go back to the queue (replayed from

@@ -6,8 +6,9 @@
 //!    youngest, a failed worker fails only the requests that used it);
 //! 4. [`sample`]: certify from the sparse wire's certificates, or fuse (docs/architecture.md §1)
 //!    and sample; detokenize, stop, emit;
-//! 5. [`fetch`]: the sequences the sparse wire could not certify get their full rows from every
-//!    model and take the full path (docs/architecture.md §3.4);
+//! 5. [`fetch`]: the sequences the sparse wire could not certify get refined certificates, then
+//!    if need be their full rows, from every model, and are sampled again (docs/architecture.md
+//!    §3.4);
 //! 6. [`finish`]: finished, failed and preempted sequences leave and are released everywhere.
 
 mod apply;
@@ -20,8 +21,12 @@ mod sample;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use std::collections::BTreeMap;
+
 use super::{Scheduler, SchedulerError};
-use crate::workers::StepBackend;
+use crate::workers::{LogitsWire, StepBackend};
+use fetch::Fetch;
+use sample::Need;
 
 /// What happens to a running sequence at the end of a step.
 pub(super) enum Fate {
@@ -59,10 +64,9 @@ impl<B: StepBackend> Scheduler<B> {
         if !applied.kv_exhausted.is_empty() {
             self.handle_kv_exhaustion(applied.kv_exhausted, &targets, &mut fates);
         }
-        let need_rows = self.sample_ready(&mut fates);
-        if !need_rows.is_empty() {
-            self.fetch_rows(&need_rows, &mut fates).await;
-            self.sample_fetched(&need_rows, &mut fates);
+        let uncertified = self.sample_ready(&mut fates);
+        if !uncertified.is_empty() {
+            self.fetch_and_sample(uncertified, &mut fates).await;
         }
         self.finish_step(fates, applied.replay_release).await;
 
@@ -71,5 +75,45 @@ impl<B: StepBackend> Scheduler<B> {
         self.metrics.step_duration.record(wall.as_secs_f64());
         self.metrics.step_worker_forward.record(applied.slowest_forward.as_secs_f64());
         self.metrics.step_router_overhead.record(wall.saturating_sub(applied.slowest_forward).as_secs_f64());
+    }
+}
+
+impl<B: StepBackend> Scheduler<B> {
+    /// Phase 5 for the sequences the step's certificates could not prove: refined certificates
+    /// for those whose bounds were only too loose (`--sparse-refine-candidates`), then full rows
+    /// for the rest, each round sampled again.
+    async fn fetch_and_sample(&mut self, uncertified: Vec<(usize, Need)>, fates: &mut BTreeMap<usize, Fate>) {
+        let refine = match self.cfg.wire {
+            LogitsWire::Sparse { refine, .. } => refine,
+            LogitsWire::Full => 0,
+        };
+        let (refinable, mut whole): (Vec<_>, Vec<_>) =
+            uncertified.into_iter().partition(|(_, need)| refine > 0 && need.refinable);
+        if !refinable.is_empty() {
+            let ids: Vec<usize> = refinable.iter().map(|&(si, _)| si).collect();
+            self.fetch_rows(&ids, Fetch::Refined(refine), fates).await;
+            let still = self.sample_fetched(&ids, fates);
+            for &si in &ids {
+                // Sequences lost with their replica during the fetch were neither.
+                if matches!(fates.get(&si), None | Some(Fate::Done)) {
+                    self.metrics.sparse_refined(!still.iter().any(|&(s, _)| s == si));
+                }
+            }
+            whole.extend(still);
+        }
+        if whole.is_empty() {
+            return;
+        }
+        for (_, need) in &whole {
+            self.metrics.sparse_fallback(need.reason);
+        }
+        let ids: Vec<usize> = whole.iter().map(|&(si, _)| si).collect();
+        self.fetch_rows(&ids, Fetch::Rows, fates).await;
+        for (si, _) in self.sample_fetched(&ids, fates) {
+            fates.insert(
+                si,
+                Fate::Fail(SchedulerError::Internal("a fetched row was still a certificate".into())),
+            );
+        }
     }
 }

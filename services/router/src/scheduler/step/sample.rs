@@ -28,10 +28,20 @@ thread_local! {
 enum Turn {
     /// Its token was emitted; it goes on, or ends with this fate.
     Emitted(Option<Fate>),
-    /// The sparse wire could not certify its token: fetch its full rows.
-    NeedRows,
+    /// The sparse wire could not certify its token from what it holds.
+    NeedRows(Need),
     /// It fails (or ends) without a token.
     Fate(Fate),
+}
+
+/// Why a sequence's certificates could not prove its token, and whether deeper ones could.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Need {
+    /// The metrics label of the reason (`genarm_sparse_fallbacks_total`).
+    pub reason: &'static str,
+    /// Refined certificates could prove it (the bounds were too loose); otherwise only the
+    /// full rows can.
+    pub refinable: bool,
 }
 
 /// What every sequence's turn reads.
@@ -43,44 +53,42 @@ struct Ctx<'a> {
 
 impl<B: StepBackend> Scheduler<B> {
     /// Samples every sequence of the batch that has all its logits and no fate yet. Returns the
-    /// sequences whose token the sparse wire could not certify: their full rows must be fetched.
-    pub(super) fn sample_ready(&mut self, fates: &mut BTreeMap<usize, Fate>) -> Vec<usize> {
+    /// sequences whose token the sparse wire could not certify, and why: refined certificates or
+    /// their full rows must be fetched.
+    pub(super) fn sample_ready(&mut self, fates: &mut BTreeMap<usize, Fate>) -> Vec<(usize, Need)> {
         let ready: Vec<bool> = (0..self.running.len())
             .map(|si| !fates.contains_key(&si) && self.running[si].models.iter().all(|m| m.logits.is_some()))
             .collect();
-        let mut need_rows = Vec::new();
-        for (si, turn) in self.take_turns(&ready) {
-            match turn {
-                Turn::Emitted(Some(fate)) | Turn::Fate(fate) => {
-                    fates.insert(si, fate);
-                }
-                Turn::Emitted(None) => {}
-                Turn::NeedRows => need_rows.push(si),
-            }
-        }
-        need_rows
+        self.sample_marked(&ready, fates)
     }
 
-    /// Fuses and samples the sequences `need` from the full rows fetched for them.
-    pub(super) fn sample_fetched(&mut self, need: &[usize], fates: &mut BTreeMap<usize, Fate>) {
+    /// Samples the sequences `need` again, from the refined certificates or full rows fetched
+    /// for them; returns those still uncertified.
+    pub(super) fn sample_fetched(
+        &mut self,
+        need: &[usize],
+        fates: &mut BTreeMap<usize, Fate>,
+    ) -> Vec<(usize, Need)> {
         let mut ready = vec![false; self.running.len()];
         for &si in need {
             ready[si] = !fates.contains_key(&si);
         }
-        for (si, turn) in self.take_turns(&ready) {
+        self.sample_marked(&ready, fates)
+    }
+
+    /// The turns of the sequences marked in `ready`: fates recorded, the uncertified returned.
+    fn sample_marked(&mut self, ready: &[bool], fates: &mut BTreeMap<usize, Fate>) -> Vec<(usize, Need)> {
+        let mut need_rows = Vec::new();
+        for (si, turn) in self.take_turns(ready) {
             match turn {
                 Turn::Emitted(Some(fate)) | Turn::Fate(fate) => {
                     fates.insert(si, fate);
                 }
                 Turn::Emitted(None) => {}
-                Turn::NeedRows => {
-                    fates.insert(
-                        si,
-                        Fate::Fail(SchedulerError::Internal("a fetched row was still a certificate".into())),
-                    );
-                }
+                Turn::NeedRows(need) => need_rows.push((si, need)),
             }
         }
+        need_rows
     }
 
     /// Runs the turn of every sequence marked in `ready` on the sampling pool, and records the
@@ -114,28 +122,26 @@ impl<B: StepBackend> Scheduler<B> {
 /// One sequence's turn: choose its token, then emit it.
 fn turn(seq: &mut Seq, ctx: &Ctx<'_>) -> Turn {
     match choose(seq, ctx) {
-        Ok(Some(choice)) => Turn::Emitted(emit(seq, choice, ctx)),
-        Ok(None) => Turn::NeedRows,
+        Ok(Ok(choice)) => Turn::Emitted(emit(seq, choice, ctx)),
+        Ok(Err(need)) => Turn::NeedRows(need),
         Err(fate) => Turn::Fate(fate),
     }
 }
 
 /// The token of `seq`: certified from the sparse wire's certificates when every model sent one,
-/// else fused and sampled from the full rows; `None` when the rows must be fetched.
-fn choose(seq: &mut Seq, ctx: &Ctx<'_>) -> Result<Option<Choice>, Fate> {
+/// else fused and sampled from the full rows; [`Need`] when more must be fetched.
+fn choose(seq: &mut Seq, ctx: &Ctx<'_>) -> Result<Result<Choice, Need>, Fate> {
     let sparse = seq.models.iter().filter(|m| matches!(m.logits, Some(ModelRow::Sparse(_)))).count();
     if sparse == 0 {
-        return choose_full(seq, ctx).map(Some);
+        return choose_full(seq, ctx).map(Ok);
     }
     if sparse < seq.models.len() {
         // A worker sent its whole row (one its certificate cannot describe, e.g. NaN): the
         // others' rows are fetched so that the full path decides, and reports, as always.
-        ctx.metrics.sparse_fallback("full_row");
-        return Ok(None);
+        return Ok(Err(Need { reason: "full_row", refinable: false }));
     }
     if seq.top_logprobs.is_some_and(|k| k > 0) {
-        ctx.metrics.sparse_fallback("top_logprobs");
-        return Ok(None);
+        return Ok(Err(Need { reason: "top_logprobs", refinable: false }));
     }
     let base = row(&seq.models[0]);
     let arms: Vec<_> = seq.models[1..].iter().map(|m| (m.alpha, row(m))).collect();
@@ -147,12 +153,9 @@ fn choose(seq: &mut Seq, ctx: &Ctx<'_>) -> Result<Option<Choice>, Fate> {
             for m in &mut seq.models {
                 m.logits = None;
             }
-            Ok(Some(Choice { token: c.token, logprob: c.logprob.unwrap_or(f32::NAN), top: Vec::new() }))
+            Ok(Ok(Choice { token: c.token, logprob: c.logprob.unwrap_or(f32::NAN), top: Vec::new() }))
         }
-        Ok(Err(why)) => {
-            ctx.metrics.sparse_fallback(why.label());
-            Ok(None)
-        }
+        Ok(Err(why)) => Ok(Err(Need { reason: why.label(), refinable: why.refinable() })),
         Err(e) => {
             let name = |i: usize| ctx.health.display_name(seq.models.get(i).map(|m| m.model).unwrap_or(0));
             Err(Fate::Fail(fusion_error(e, name)))
