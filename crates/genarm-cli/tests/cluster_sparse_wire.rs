@@ -1,8 +1,8 @@
 //! The sparse logits wire over HTTP: a router on `--logits-wire sparse` and one on the full wire,
 //! each in front of its own real workers, stream identical text, log-probabilities and top
 //! log-probabilities for greedy and seeded sampling with one and two ARMs and a negative weight;
-//! the sparse router certified most tokens itself (`genarm_sparse_certified_total`) and fetched
-//! rows for the rest; and a request whose rm-worker replica is killed mid-generation on the sparse
+//! the sparse router certified most tokens itself (`genarm_sparse_certified_total`), some of
+//! them from refined certificates (`genarm_sparse_refined_total`), and fetched rows for the rest; and a request whose rm-worker replica is killed mid-generation on the sparse
 //! wire finishes with the full wire's undisturbed text. Real processes on loopback.
 
 mod common;
@@ -16,9 +16,12 @@ const ARMS: [(&str, &str); 2] = [("gqa", "llama-gqa-tied"), ("qwen", "qwen2-bias
 
 fn start(sparse: bool, rms: Vec<(String, std::path::PathBuf)>) -> Cluster {
     let mut router_args: Vec<String> = ["--worker-reprobe-ms", "200"].map(String::from).to_vec();
-    // Few candidates, so that both the certified path and the fetches run on these fixtures.
+    // Few candidates, so that the certified path, the refined certificates and the fetches of
+    // whole rows all run on these fixtures.
     router_args.extend(match sparse {
-        true => ["--logits-wire", "sparse", "--sparse-candidates", "16"].map(String::from).to_vec(),
+        true => ["--logits-wire", "sparse", "--sparse-candidates", "16", "--sparse-refine-candidates", "32"]
+            .map(String::from)
+            .to_vec(),
         false => ["--logits-wire", "full"].map(String::from).to_vec(),
     });
     Cluster::start(ClusterSpec { base: fixture(BASE), rms, router_args, ..Default::default() })
@@ -75,6 +78,11 @@ fn sparse_and_full_wire_clusters_stream_identical_outputs() {
     let fallbacks = counter_sum(&sparse, "genarm_sparse_fallbacks_total");
     assert!(certified > 0.0, "nothing certified (fallbacks {fallbacks})");
     assert!(fallbacks > 0.0, "nothing fetched, though a negative weight and logprobs always fetch");
+    let refined = counter_sum(&sparse, "genarm_sparse_refined_total");
+    assert!(
+        refined > 0.0,
+        "no refined certificate was fetched (certified {certified}, fallbacks {fallbacks})"
+    );
     assert!(counter_sum(&sparse, "genarm_model_wire_bytes_total") > 0.0, "no per-model wire bytes counted");
 }
 
