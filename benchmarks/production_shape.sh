@@ -9,7 +9,9 @@
 # `batch` concurrent streamed chat completions with `genarm bench` (one request per stream per
 # round, MAX_TOKENS tokens each: ≥ MAX_TOKENS − 2 steps at full batch), and reports the step wall,
 # the router overhead (step wall − slowest worker forward), fusion + sampling, wire bytes per
-# step, tokens/s and its ratio to the same cell with 0 ARMs, and the sparse wire's fallback rate.
+# step, tokens/s and its ratio to the same cell with 0 ARMs, and the sparse wire's fallback rate;
+# and the CPU time the router and the simulated workers used per step (from /proc), since on one
+# small machine they share the cores that a deployment gives them separately.
 # Every figure but tokens/s comes from the router's /metrics (genarm bench's per-step accounting).
 #
 # Usage: benchmarks/production_shape.sh [--out DIR] [--no-build]
@@ -188,6 +190,16 @@ wait_ready() {
     exit 1
 }
 
+CLK_TCK="$(getconf CLK_TCK)"
+cpu_ms() { # PID: the user + system CPU time of the process (all its threads) so far, in ms
+    local stat
+    stat="$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null)" || { echo 0; return 0; }
+    awk -v tck="$CLK_TCK" '{printf "%.0f\n", ($12 + $13) * 1000 / tck}' <<<"$stat"
+}
+steps_total() { # URL: the router's genarm_steps_total
+    curl -sf --max-time 30 "$1/metrics" | awk '$1 == "genarm_steps_total" {printf "%.0f\n", $2}'
+}
+
 # ---- build, once
 for tool in curl jq python3 sha256sum setsid; do
     command -v "$tool" >/dev/null || die "$tool is needed"
@@ -307,6 +319,7 @@ run_cell() {
     local sim=("$BIN/genarm-sim-worker" --vocab-size "$vocab" --rows "$ROWS" --seed "$SEED"
         --forward-ms "$FORWARD_MS" --forward-ms-per-seq "$FORWARD_MS_PER_SEQ")
     start_service sim-base "$dir/sim-base.log" "${sim[@]}" --role base
+    local sim_pids=("$LAST_PID")
     wait_listening sim-base "$LAST_PID" "$dir/sim-base.log" grpc
     local router=("$BIN/genarm-router" --listen 127.0.0.1:0 --served-model-name sim --base "http://$ADDR"
         --max-batch-size "$batch" --max-batch-tokens $((batch * 256)) --max-waiting $((batch * 2 > 256 ? batch * 2 : 256))
@@ -318,11 +331,13 @@ run_cell() {
     for ((i = 0; i < narms; i++)); do
         name="${ARM_NAMES[$i]}"
         start_service "sim-arm-$name" "$dir/sim-arm-$name.log" "${sim[@]}" --role reward --reward-name "$name"
+        sim_pids+=("$LAST_PID")
         wait_listening "sim-arm-$name" "$LAST_PID" "$dir/sim-arm-$name.log" grpc
         router+=(--rm "$name=http://$ADDR")
         guidance+="${guidance:+,}$name=1"
     done
     start_service router "$dir/router.log" "${router[@]}"
+    local router_pid="$LAST_PID"
     wait_listening router "$LAST_PID" "$dir/router.log" http
     local url="http://$ADDR"
     wait_ready "$url" "$dir/router.log"
@@ -333,6 +348,11 @@ run_cell() {
     [[ -n "$TOP_P" ]] && bench+=(--top-p "$TOP_P")
     [[ -n "$guidance" ]] && bench+=(--guidance "$guidance")
     printf '%q ' "${router[@]}" >"$dir/router.cmd"
+    # CPU over the whole bench (warm-up included) against the steps over the same window.
+    local steps0 router_cpu0 sims_cpu0=0 p
+    steps0="$(steps_total "$url")"
+    router_cpu0="$(cpu_ms "$router_pid")"
+    for p in "${sim_pids[@]}"; do sims_cpu0=$((sims_cpu0 + $(cpu_ms "$p"))); done
     if ! "${bench[@]}" >"$dir/bench.log" 2>&1; then
         check_services
         printf 'production_shape: error: genarm bench failed in cell %s; its log ends:\n' "$id" >&2
@@ -342,15 +362,22 @@ run_cell() {
         exit 1
     fi
     check_services
+    local steps1 router_cpu1 sims_cpu1=0
+    steps1="$(steps_total "$url")"
+    router_cpu1="$(cpu_ms "$router_pid")"
+    for p in "${sim_pids[@]}"; do sims_cpu1=$((sims_cpu1 + $(cpu_ms "$p"))); done
     curl -sf --max-time 30 "$url/metrics" >"$dir/metrics.txt" || die "cell $id: GET $url/metrics failed"
     stop_services
     jq -cn --arg id "$id" --arg wire "$wire" --argjson batch "$batch" --argjson arms "$narms" \
         --argjson vocab "$vocab" --arg sampling "$sampling" --argjson temperature "$TEMPERATURE" \
         --arg top_p "$TOP_P" --arg guidance "$guidance" --argjson warmup "$warmup" \
         --arg router_cmd "$(cat "$dir/router.cmd")" --arg dir "cells/$id" \
+        --argjson cpu_steps "$((steps1 - steps0))" --argjson router_cpu_ms "$((router_cpu1 - router_cpu0))" \
+        --argjson workers_cpu_ms "$((sims_cpu1 - sims_cpu0))" \
         '{id: $id, wire: $wire, batch: $batch, arms: $arms, vocab: $vocab, sampling: $sampling,
           temperature: $temperature, top_p: (if $top_p == "" then null else ($top_p | tonumber) end),
-          guidance: $guidance, warmup: $warmup, router_command: $router_cmd, dir: $dir}' >>"$CELLS_FILE"
+          guidance: $guidance, warmup: $warmup, router_command: $router_cmd, dir: $dir,
+          cpu: {steps: $cpu_steps, router_ms: $router_cpu_ms, workers_ms: $workers_cpu_ms}}' >>"$CELLS_FILE"
 }
 
 NCELLS=0

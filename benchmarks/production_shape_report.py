@@ -25,6 +25,10 @@ unless said otherwise:
   refined             sparse wire only: the tokens for which refined certificates were fetched
                       (genarm_sparse_refined_total over certified + fallbacks); most of them are
                       then certified without whole rows
+  router CPU / step   user + system CPU time of the router process (all threads, /proc) over the
+                      bench, warm-up included, per step in that window; on this machine the router
+                      shares the cores with the simulated workers and the client
+  workers CPU / step  the same for all simulated workers together
   fallback            sparse wire only: the tokens whose full rows were fetched over every token
                       decided on the sparse wire (genarm_sparse_fallbacks_total over certified +
                       fallbacks), over the router's life (warm-up included); "n/a" for the
@@ -82,6 +86,14 @@ def refined_rate(wire, metrics):
     return metrics.get("genarm_sparse_refined_total", 0.0) / decided if decided else None
 
 
+def cpu_per_step(cell, key):
+    """CPU seconds per step of the router or of all simulated workers together, over the bench
+    (warm-up included), or None for a cell measured before the script recorded CPU."""
+    cpu = cell.get("cpu") or {}
+    steps = cpu.get("steps")
+    return cpu[key] / 1e3 / steps if steps and key in cpu else None
+
+
 def cell_figures(out, cell, grid):
     d = os.path.join(out, cell["dir"])
     with open(os.path.join(d, "bench", "bench.json")) as f:
@@ -125,6 +137,8 @@ def cell_figures(out, cell, grid):
         "fallback_rate": rate,
         "fallback_source": rate_source,
         "refined_rate": refined_rate(cell["wire"], metrics),
+        "router_cpu_per_step_s": cpu_per_step(cell, "router_ms"),
+        "workers_cpu_per_step_s": cpu_per_step(cell, "workers_ms"),
         "accounting_note": acc.get("note"),
         "bench_json": os.path.join(cell["dir"], "bench", "bench.json"),
         "bench_provenance": bench.get("provenance"),
@@ -169,8 +183,9 @@ def main():
     lines.append("")
     lines.append("| wire | batch | ARMs | V | sampling | mean batch | steps | step wall mean (ms) | ITL p50 (ms) "
                  "| forward (ms) | router overhead (ms, % of step) | fusion + sampling (ms) | wire MB / step "
-                 "| wire % of f32 rows | tok/s | vs 0 ARMs | refined | fallback |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+                 "| wire % of f32 rows | tok/s | vs 0 ARMs | refined | fallback | router CPU / step (ms) "
+                 "| workers CPU / step (ms) |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     warnings = []
     for c in cells:
         f = c["figures"]
@@ -186,7 +201,7 @@ def main():
                      f"| {ms(f['step_wall_mean_s'])} | {ms(f['itl_p50_s'])} | {ms(f['slowest_forward_mean_s'])} "
                      f"| {over} | {ms(f['fusion_sampling_per_step_s'], 2)} | {wire} | {100 * f['wire_share_of_f32_rows']:.1f}% "
                      f"| {f['output_tokens_per_s']:.0f} "
-                     f"| {vs} | {rf} | {fb} |")
+                     f"| {vs} | {rf} | {fb} | {ms(f['router_cpu_per_step_s'])} | {ms(f['workers_cpu_per_step_s'])} |")
         fbe = f["full_batch_step_equivalents"]
         if fbe is not None and fbe < 30:
             warnings.append(f"{c['id']}: only {fbe:.0f} full-batch steps' worth of sequences (raise MAX_TOKENS or ROUNDS)")

@@ -225,10 +225,10 @@ struct Candidate {
 /// Scratch buffers of the certified path, kept in the [`Sampler`] so that no step allocates.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SparseScratch {
-    /// Every id some model sent, sorted and deduplicated.
-    union: Vec<u32>,
     /// Each model's `(id, logit)` pairs sorted by id.
     by_id: Vec<Vec<(u32, f32)>>,
+    /// Each model's position in `by_id` during the merge.
+    cursor: Vec<usize>,
     cands: Vec<Candidate>,
     exact: Vec<Candidate>,
 }
@@ -342,7 +342,6 @@ impl Sampler {
         // the f32 upper bound with `outside_max` in place of each missing value.
         let s = &mut self.sparse;
         s.by_id.resize_with(models.len(), Vec::new);
-        s.union.clear();
         for (m, c) in models.iter().enumerate() {
             let v = &mut s.by_id[m];
             v.clear();
@@ -356,17 +355,23 @@ impl Sampler {
                     message: "duplicate candidate ids".into(),
                 });
             }
-            s.union.extend(c.ids.iter().copied());
-            s.union.extend(c.extra_ids.iter().copied());
         }
-        s.union.sort_unstable();
-        s.union.dedup();
+        // One merge over the models' id-sorted lists: the union in id order, each id's values
+        // read off the lists' heads (no search per id and model).
         s.cands.clear();
-        for &id in &s.union {
+        s.cursor.clear();
+        s.cursor.resize(models.len(), 0);
+        let (by_id, cursor) = (&s.by_id, &mut s.cursor);
+        loop {
+            let next = by_id.iter().zip(cursor.iter()).filter_map(|(v, &c)| v.get(c).map(|p| p.0)).min();
+            let Some(id) = next else { break };
             let mut exact = true;
-            let mut value = |m: usize| match s.by_id[m].binary_search_by_key(&id, |p| p.0) {
-                Ok(i) => s.by_id[m][i].1,
-                Err(_) => {
+            let mut value = |m: usize| match by_id[m].get(cursor[m]) {
+                Some(&(i, x)) if i == id => {
+                    cursor[m] += 1;
+                    x
+                }
+                _ => {
                     exact = false;
                     models[m].outside_max
                 }
@@ -374,7 +379,7 @@ impl Sampler {
             let fused = fuse_values(&models, &alphas, &mut value);
             s.cands.push(Candidate { id, fused, exact });
         }
-        let rest = vocab - s.union.len().min(vocab);
+        let rest = vocab - s.cands.len().min(vocab);
         let rest_bound = if rest > 0 {
             fuse_values(&models, &alphas, &mut |m| models[m].outside_max)
         } else {
@@ -382,12 +387,14 @@ impl Sampler {
         };
         // The best any id not known exactly can reach.
         let unknown_max = s.cands.iter().filter(|c| !c.exact).map(|c| c.fused).fold(rest_bound, f32::max);
-        s.exact.clear();
-        s.exact.extend(s.cands.iter().filter(|c| c.exact && c.fused > f32::NEG_INFINITY).copied());
-        s.exact.sort_unstable_by(|a, b| {
-            b.fused.partial_cmp(&a.fused).unwrap_or(std::cmp::Ordering::Equal).then(a.id.cmp(&b.id))
-        });
-        let Some(top) = s.exact.first().copied() else { return Ok(Err(Uncertified::Argmax)) };
+        // The best exact candidate, the lowest id among equals (the union is in id order).
+        let mut top: Option<Candidate> = None;
+        for c in s.cands.iter().filter(|c| c.exact && c.fused > f32::NEG_INFINITY) {
+            if top.is_none_or(|t| c.fused > t.fused) {
+                top = Some(*c);
+            }
+        }
+        let Some(top) = top else { return Ok(Err(Uncertified::Argmax)) };
         if top.fused <= unknown_max {
             return Ok(Err(Uncertified::Argmax));
         }
@@ -397,6 +404,12 @@ impl Sampler {
             self.rng.next_f64();
             return Ok(Ok(Certified { token: top.id, logprob: None }));
         }
+        // The truncated modes walk the exact candidates in rank order.
+        s.exact.clear();
+        s.exact.extend(s.cands.iter().filter(|c| c.exact && c.fused > f32::NEG_INFINITY).copied());
+        s.exact.sort_unstable_by(|a, b| {
+            b.fused.partial_cmp(&a.fused).unwrap_or(std::cmp::Ordering::Equal).then(a.id.cmp(&b.id))
+        });
         let top_k_param = self.params.top_k.filter(|&k| k < vocab);
         let top_p = self.params.top_p.filter(|&p| p < 1.0).map(f64::from);
 
