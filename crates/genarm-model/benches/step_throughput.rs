@@ -1,12 +1,54 @@
 //! Step throughput of the engine in tokens/s: prefill and decode, batch 1/8/32, TP 1 vs 2 (3), on a
 //! ~30M-parameter fixture and (when fetched) SmolLM2-135M; plus the machine's copy bandwidth,
-//! which bounds batch-1 decode from below (every weight byte is read once per step).
+//! which bounds batch-1 decode from below (every weight byte is read once per step). The
+//! `long-context` group compares the paged attention kernel with the gather path it replaced on one
+//! engine and one cache: batch-16 decode steps at 2k and 8k context, and an 8k-token prefill's time
+//! and peak heap (`cargo bench -p genarm-model --bench step_throughput -- long-context`).
 #![allow(missing_docs)] // criterion_group! defines an undocumented public function
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use genarm_model::{Engine, EngineOptions, ModelAssets, StepSeq};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
+use genarm_model::{AttentionKernel, Engine, EngineOptions, ModelAssets, StepSeq};
+
+/// The system allocator, counting live heap bytes and their high-water mark (the peak memory of
+/// a prefill is measured as the mark's rise).
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to `System` unchanged; only counters are added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which `System` shares.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(live, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as for `alloc`.
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// Runs `f`, returning its result and how far the heap rose above where it started, in bytes.
+fn peak_heap<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    let start = LIVE.load(Ordering::Relaxed);
+    PEAK.store(start, Ordering::Relaxed);
+    let r = f();
+    (r, PEAK.load(Ordering::Relaxed).saturating_sub(start))
+}
 
 const PREFILL_TOKENS: usize = 128;
 const DECODE_CONTEXT: usize = 64;
@@ -117,6 +159,13 @@ fn bench_steps(c: &mut Criterion) {
                     b.iter_custom(|iters| time_decode(&engine, batch, iters, vocab))
                 });
             }
+            // The gather baseline at batch 1, the case the bandwidth floor bounds.
+            let mut engine = engine;
+            engine.set_attention(AttentionKernel::Gather).expect("set attention");
+            g.throughput(Throughput::Elements(1));
+            g.bench_function(BenchmarkId::new("decode-gather", 1), |b| {
+                b.iter_custom(|iters| time_decode(&engine, 1, iters, vocab))
+            });
             g.finish();
         }
         eprintln!("{}: f32 weights = {:.1} MB read per decode step", subject.name, weight_bytes as f64 / 1e6);
@@ -139,5 +188,111 @@ fn bench_copy_bandwidth(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_copy_bandwidth, bench_steps);
+/// Whether criterion's command line selects benchmark `id` (no filter selects everything).
+fn selected(id: &str) -> bool {
+    let filters: Vec<String> =
+        std::env::args().skip(1).filter(|a| !a.starts_with('-') && !a.is_empty()).collect();
+    filters.is_empty() || filters.iter().any(|f| id.contains(f.as_str()))
+}
+
+/// Batch of the long-context decode steps.
+const LONG_BATCH: usize = 16;
+/// Decode steps a long-context engine has room for past its prefilled context.
+const LONG_ROOM: usize = 1024;
+
+/// A model small enough to prefill 16 × 8k tokens on two cores in seconds, so that attention
+/// dominates its steps: 2 layers, GQA 2:1, head_dim 64.
+fn long_context_assets(dir: &std::path::Path) -> ModelAssets {
+    let mut spec = genarm_testkit::sized_spec("ctx-tiny", 128, 256, 2, 2, 1, 2048);
+    spec.max_position_embeddings = 16384;
+    genarm_testkit::write_fixture(&dir.join("ctx"), &spec).expect("write long-context fixture");
+    ModelAssets::open(&dir.join("ctx")).expect("open long-context fixture")
+}
+
+/// Prefills `LONG_BATCH` sequences to `context` tokens, one sequence per step.
+fn prefill_long(engine: &Engine, context: usize, vocab: usize) {
+    for s in 0..LONG_BATCH as u64 {
+        let out = engine
+            .step(vec![StepSeq { seq_id: s, start_pos: 0, tokens: tokens(context, s as u32, vocab) }])
+            .expect("prefill");
+        assert!(out.results[0].is_ok());
+    }
+}
+
+fn bench_long_context(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let assets = long_context_assets(dir.path());
+    let vocab = assets.config.vocab_size;
+    let mut g = c.benchmark_group("long-context");
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    for context in [2048usize, 8192] {
+        let options =
+            EngineOptions { kv_capacity_tokens: LONG_BATCH * (context + LONG_ROOM), ..Default::default() };
+        let mut engine = Engine::load(&assets, options).expect("load");
+        // Every kernel decodes from the same cache, prefilled (untimed) by the first case that
+        // criterion's filter selects; each step adds one token to every sequence.
+        let mut pos = context;
+        let mut prefilled = false;
+        for kernel in [AttentionKernel::Gather, AttentionKernel::Paged] {
+            engine.set_attention(kernel).expect("set attention");
+            g.throughput(Throughput::Elements(LONG_BATCH as u64));
+            let id = BenchmarkId::new(format!("decode-b{LONG_BATCH}-{kernel:?}"), context);
+            g.bench_function(id, |b| {
+                b.iter_custom(|iters| {
+                    if !prefilled {
+                        let t = Instant::now();
+                        prefill_long(&engine, context, vocab);
+                        eprintln!(
+                            "long-context: prefilled {LONG_BATCH} × {context} tokens in {:.1?}",
+                            t.elapsed()
+                        );
+                        prefilled = true;
+                    }
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        assert!(pos < context + LONG_ROOM, "long-context engine ran out of room");
+                        let step = (0..LONG_BATCH as u64)
+                            .map(|s| StepSeq {
+                                seq_id: s,
+                                start_pos: pos,
+                                tokens: vec![(pos as u32 + s as u32) % 100],
+                            })
+                            .collect();
+                        let t = Instant::now();
+                        let out = engine.step(step).expect("decode");
+                        total += t.elapsed();
+                        assert!(out.results.iter().all(Result::is_ok));
+                        pos += 1;
+                    }
+                    total
+                })
+            });
+        }
+    }
+    g.finish();
+    if !selected("long-context/prefill-8192") {
+        return;
+    }
+    // One 8k-token prompt, once per kernel: time and the heap's rise during the step.
+    let context = 8192;
+    for kernel in [AttentionKernel::Gather, AttentionKernel::Paged] {
+        let options = EngineOptions { kv_capacity_tokens: context, attention: kernel, ..Default::default() };
+        let engine = Engine::load(&assets, options).expect("load");
+        let t = Instant::now();
+        let (out, peak) = peak_heap(|| {
+            engine.step(vec![StepSeq { seq_id: 0, start_pos: 0, tokens: tokens(context, 0, vocab) }])
+        });
+        assert!(out.expect("prefill").results[0].is_ok());
+        eprintln!(
+            "long-context/prefill-{context}-{kernel:?}: {:.2?}, peak heap +{:.1} MiB",
+            t.elapsed(),
+            peak as f64 / (1 << 20) as f64
+        );
+    }
+}
+
+criterion_group!(benches, bench_copy_bandwidth, bench_steps, bench_long_context);
 criterion_main!(benches);
