@@ -49,7 +49,20 @@ struct Item {
     /// First query token of the tile, relative to the sequence's new tokens.
     t0: usize,
     tokens: usize,
+    /// Key positions `[from, to)` this item scores: the whole context, or one split of it.
+    from: usize,
+    to: usize,
 }
+
+/// Unnormalised attention state of a tile over some keys: running max, sum and weighted values.
+struct Partial {
+    m: Vec<f32>,
+    l: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+/// Keys below which a context is not split across threads: a split must pay for its merge.
+const MIN_SPLIT_KEYS: usize = 4 * CHUNK;
 
 /// Values the kernel reads and writes, widened to f32 for the arithmetic.
 trait Elem: WithDType {
@@ -116,11 +129,11 @@ impl CustomOp3 for PagedAttention<'_> {
 }
 
 /// Where sequence `seq`'s positions live: `(first position, first row, rows)` runs of at most
-/// [`CHUNK`] consecutive rows covering positions `[0, upto)`.
-fn runs(plan: &StepPlan, seq: usize, upto: usize) -> Vec<(usize, usize, usize)> {
+/// [`CHUNK`] consecutive rows covering positions `[from, upto)`.
+fn runs(plan: &StepPlan, seq: usize, from: usize, upto: usize) -> Vec<(usize, usize, usize)> {
     let bs = plan.block_size();
-    let mut out = Vec::with_capacity(upto.div_ceil(CHUNK.min(bs.max(1))));
-    let mut p = 0;
+    let mut out = Vec::with_capacity((upto - from).div_ceil(CHUNK.min(bs.max(1))));
+    let mut p = from;
     if bs == 0 {
         // Without cache the sequence's K/V are its own rows of the step, in position order.
         let base = plan.seq(seq).offset;
@@ -178,7 +191,7 @@ fn axpy<T: Elem, const FMA: bool>(acc: &mut [f32], p: f32, v: &[T]) {
 }
 
 /// [`tile`] compiled for the best instruction set this CPU has.
-fn tile_dispatch<T: Elem>(op: &PagedAttention, it: &Item, q: &[T], k: &[T], v: &[T]) -> Vec<f32> {
+fn tile_dispatch<T: Elem>(op: &PagedAttention, it: &Item, q: &[T], k: &[T], v: &[T]) -> Partial {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports AVX2 and FMA, checked just above.
@@ -191,7 +204,7 @@ fn tile_dispatch<T: Elem>(op: &PagedAttention, it: &Item, q: &[T], k: &[T], v: &
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2_fma<T: Elem>(op: &PagedAttention, it: &Item, q: &[T], k: &[T], v: &[T]) -> Vec<f32> {
+unsafe fn tile_avx2_fma<T: Elem>(op: &PagedAttention, it: &Item, q: &[T], k: &[T], v: &[T]) -> Partial {
     tile::<T, true>(op, it, q, k, v)
 }
 
@@ -219,14 +232,33 @@ fn attend<T: Elem>(op: &PagedAttention, q: &[T], k: &[T], v: &[T]) -> candle_cor
         }
         for kv_head in 0..kv_heads {
             for t0 in (0..seq.len).step_by(TILE_TOKENS) {
-                items.push(Item { seq: s, kv_head, t0, tokens: TILE_TOKENS.min(seq.len - t0) });
+                let tokens = TILE_TOKENS.min(seq.len - t0);
+                items.push(Item { seq: s, kv_head, t0, tokens, from: 0, to: seq.past + t0 + tokens });
             }
         }
     }
-    let tiles: Vec<Vec<f32>> = items.par_iter().map(|it| tile_dispatch(op, it, q, k, v)).collect();
+    // Too few tiles to occupy every thread (small decode batches over long contexts): split each
+    // tile's keys, chunk-aligned, and merge the partial softmaxes afterwards.
+    let want = 2 * rayon::current_num_threads();
+    let splits = if items.len() < want { want.div_ceil(items.len().max(1)) } else { 1 };
+    let mut work = Vec::with_capacity(items.len() * splits);
+    let mut owners = Vec::with_capacity(items.len() * splits);
+    for (i, it) in items.iter().enumerate() {
+        let n = splits.min(it.to / MIN_SPLIT_KEYS).max(1);
+        let step = it.to.div_ceil(n).div_ceil(CHUNK) * CHUNK;
+        for from in (0..it.to).step_by(step) {
+            work.push(Item { from, to: (from + step).min(it.to), ..*it });
+            owners.push(i);
+        }
+    }
+    let parts: Vec<Partial> = work.par_iter().map(|it| tile_dispatch(op, it, q, k, v)).collect();
     let mut out = vec![T::from_f64(0.0); plan.tokens() * heads * hd];
     let group = heads / kv_heads;
-    for (it, acc) in items.iter().zip(tiles) {
+    let mut at_part = 0;
+    for (i, it) in items.iter().enumerate() {
+        let n = owners[at_part..].iter().take_while(|&&o| o == i).count();
+        let acc = merge(&parts[at_part..at_part + n], hd);
+        at_part += n;
         let seq = plan.seq(it.seq);
         for (r, row) in acc.chunks_exact(hd).enumerate() {
             let (ti, gi) = (r / group, r % group);
@@ -242,7 +274,7 @@ fn attend<T: Elem>(op: &PagedAttention, q: &[T], k: &[T], v: &[T]) -> candle_cor
 /// One tile: `tokens × group` query rows against the sequence's context, causally; returns the
 /// normalised outputs row by row (row = token * group + head in group).
 #[inline(always)]
-fn tile<T: Elem, const FMA: bool>(op: &PagedAttention, it: &Item, q: &[T], k: &[T], v: &[T]) -> Vec<f32> {
+fn tile<T: Elem, const FMA: bool>(op: &PagedAttention, it: &Item, q: &[T], k: &[T], v: &[T]) -> Partial {
     let (heads, kv_heads, hd) = (op.heads, op.kv_heads, op.head_dim);
     let group = heads / kv_heads;
     let seq = op.plan.seq(it.seq);
@@ -261,8 +293,8 @@ fn tile<T: Elem, const FMA: bool>(op: &PagedAttention, it: &Item, q: &[T], k: &[
     let mut scores = vec![0f32; rows * CHUNK];
     let mut valid = vec![0usize; rows];
     // Row r may see positions up to past + t0 + r / group.
-    let upto = seq.past + it.t0 + it.tokens;
-    for (p0, row0, n) in runs(op.plan, it.seq, upto) {
+    let upto = (seq.past + it.t0 + it.tokens).min(it.to);
+    for (p0, row0, n) in runs(op.plan, it.seq, it.from.min(upto), upto) {
         for j in 0..n {
             let at = ((row0 + j) * kv_heads + it.kv_head) * hd;
             let krow = &k[at..at + hd];
@@ -301,12 +333,31 @@ fn tile<T: Elem, const FMA: bool>(op: &PagedAttention, it: &Item, q: &[T], k: &[
             }
         }
     }
-    for r in 0..rows {
+    Partial { m, l, acc }
+}
+
+/// Combines the partials of one tile's key splits and normalises: row by row, the outputs.
+fn merge(parts: &[Partial], hd: usize) -> Vec<f32> {
+    let mut out = vec![0f32; parts[0].acc.len()];
+    for r in 0..parts[0].m.len() {
+        let m = parts.iter().map(|p| p.m[r]).fold(f32::NEG_INFINITY, f32::max);
+        let mut l = 0f32;
+        let o = &mut out[r * hd..(r + 1) * hd];
+        for p in parts {
+            if p.l[r] == 0.0 {
+                continue; // a split wholly past this row's causal limit
+            }
+            let w = (p.m[r] - m).exp();
+            l += p.l[r] * w;
+            for (x, a) in o.iter_mut().zip(&p.acc[r * hd..(r + 1) * hd]) {
+                *x += a * w;
+            }
+        }
         // Every row sees at least its own position, so l > 0.
-        let inv = 1.0 / l[r];
-        acc[r * hd..(r + 1) * hd].iter_mut().for_each(|a| *a *= inv);
+        let inv = 1.0 / l;
+        o.iter_mut().for_each(|x| *x *= inv);
     }
-    acc
+    out
 }
 
 #[cfg(test)]
@@ -447,6 +498,15 @@ mod tests {
                 let d = check(&seqs, shape, bs, DType::F32);
                 assert!(d < 1e-5, "shape {shape:?} block {bs}: max |Δ| = {d}");
             }
+        }
+    }
+
+    #[test]
+    fn long_contexts_split_over_threads_match_naive() {
+        // One tile per KV head: the keys are split, the partial softmaxes merged.
+        for seqs in [vec![(1000, 1)], vec![(600, 3)], vec![(300, 1), (0, 1)]] {
+            let d = check(&seqs, (4, 1, 16), 16, DType::F32);
+            assert!(d < 1e-5, "{seqs:?}: max |Δ| = {d}");
         }
     }
 
