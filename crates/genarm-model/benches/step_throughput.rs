@@ -160,7 +160,6 @@ fn bench_steps(c: &mut Criterion) {
                 });
             }
             // The gather baseline at batch 1, the case the bandwidth floor bounds.
-            let mut engine = engine;
             engine.set_attention(AttentionKernel::Gather).expect("set attention");
             g.throughput(Throughput::Elements(1));
             g.bench_function(BenchmarkId::new("decode-gather", 1), |b| {
@@ -197,11 +196,12 @@ fn selected(id: &str) -> bool {
 
 /// Batch of the long-context decode steps.
 const LONG_BATCH: usize = 16;
-/// Decode steps a long-context engine has room for past its prefilled context.
+/// Decode steps a long-context engine has room for past its prefilled context; past it, the
+/// sequences are released and prefilled again (untimed).
 const LONG_ROOM: usize = 1024;
 
-/// A model small enough to prefill 16 × 8k tokens on two cores in seconds, so that attention
-/// dominates its steps: 2 layers, GQA 2:1, head_dim 64.
+/// A model small enough to prefill 16 × 8k tokens on two cores in about a minute, so that
+/// attention dominates its steps: 2 layers, GQA 2:1, head_dim 64.
 fn long_context_assets(dir: &std::path::Path) -> ModelAssets {
     let mut spec = genarm_testkit::sized_spec("ctx-tiny", 128, 256, 2, 2, 1, 2048);
     spec.max_position_embeddings = 16384;
@@ -209,13 +209,63 @@ fn long_context_assets(dir: &std::path::Path) -> ModelAssets {
     ModelAssets::open(&dir.join("ctx")).expect("open long-context fixture")
 }
 
-/// Prefills `LONG_BATCH` sequences to `context` tokens, one sequence per step.
-fn prefill_long(engine: &Engine, context: usize, vocab: usize) {
-    for s in 0..LONG_BATCH as u64 {
-        let out = engine
-            .step(vec![StepSeq { seq_id: s, start_pos: 0, tokens: tokens(context, s as u32, vocab) }])
-            .expect("prefill");
-        assert!(out.results[0].is_ok());
+/// `LONG_BATCH` sequences decoding from a long context, on one engine for both kernels.
+struct LongContext {
+    engine: Engine,
+    context: usize,
+    vocab: usize,
+    /// Tokens each sequence holds (`usize::MAX` before its first prefill); empty until the first
+    /// case that criterion's filter selects.
+    pos: Vec<usize>,
+}
+
+impl LongContext {
+    /// Makes sure each of the first `batch` sequences has room for `steps` more tokens,
+    /// prefilling (with the paged kernel, one sequence per step) those that are new or full.
+    fn ready(&mut self, batch: usize, steps: usize) {
+        if self.pos.is_empty() {
+            self.pos = vec![usize::MAX; LONG_BATCH];
+        }
+        let full: Vec<usize> =
+            (0..batch).filter(|&s| self.pos[s].saturating_add(steps) > self.context + LONG_ROOM).collect();
+        if full.is_empty() {
+            return;
+        }
+        let t = Instant::now();
+        self.engine.set_attention(AttentionKernel::Paged).expect("set attention");
+        for &s in &full {
+            self.engine.release(s as u64);
+            let toks = tokens(self.context, s as u32, self.vocab);
+            let out = self
+                .engine
+                .step(vec![StepSeq { seq_id: s as u64, start_pos: 0, tokens: toks }])
+                .expect("prefill");
+            assert!(out.results[0].is_ok());
+            self.pos[s] = self.context;
+        }
+        eprintln!("long-context: prefilled {} × {} tokens in {:.1?}", full.len(), self.context, t.elapsed());
+    }
+
+    /// Times `iters` decode steps of the first `batch` sequences under `kernel`.
+    fn time(&mut self, kernel: AttentionKernel, batch: usize, iters: u64) -> Duration {
+        self.ready(batch, iters as usize);
+        self.engine.set_attention(kernel).expect("set attention");
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            let step = (0..batch)
+                .map(|s| StepSeq {
+                    seq_id: s as u64,
+                    start_pos: self.pos[s],
+                    tokens: vec![(self.pos[s] as u32 + s as u32) % 100],
+                })
+                .collect();
+            let t = Instant::now();
+            let out = self.engine.step(step).expect("decode");
+            total += t.elapsed();
+            assert!(out.results.iter().all(Result::is_ok));
+            self.pos[..batch].iter_mut().for_each(|p| *p += 1);
+        }
+        total
     }
 }
 
@@ -226,51 +276,32 @@ fn bench_long_context(c: &mut Criterion) {
     let mut g = c.benchmark_group("long-context");
     g.sample_size(10)
         .sampling_mode(SamplingMode::Flat)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3));
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
     for context in [2048usize, 8192] {
         let options =
             EngineOptions { kv_capacity_tokens: LONG_BATCH * (context + LONG_ROOM), ..Default::default() };
-        let mut engine = Engine::load(&assets, options).expect("load");
-        // Every kernel decodes from the same cache, prefilled (untimed) by the first case that
-        // criterion's filter selects; each step adds one token to every sequence.
-        let mut pos = context;
-        let mut prefilled = false;
-        // Paged first: the prefill runs under the first case, and the paged kernel is the fast one.
-        for kernel in [AttentionKernel::Paged, AttentionKernel::Gather] {
-            engine.set_attention(kernel).expect("set attention");
-            g.throughput(Throughput::Elements(LONG_BATCH as u64));
-            let id = BenchmarkId::new(format!("decode-b{LONG_BATCH}-{kernel:?}"), context);
-            g.bench_function(id, |b| {
-                b.iter_custom(|iters| {
-                    if !prefilled {
-                        let t = Instant::now();
-                        prefill_long(&engine, context, vocab);
-                        eprintln!(
-                            "long-context: prefilled {LONG_BATCH} × {context} tokens in {:.1?}",
-                            t.elapsed()
-                        );
-                        prefilled = true;
-                    }
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        assert!(pos < context + LONG_ROOM, "long-context engine ran out of room");
-                        let step = (0..LONG_BATCH as u64)
-                            .map(|s| StepSeq {
-                                seq_id: s,
-                                start_pos: pos,
-                                tokens: vec![(pos as u32 + s as u32) % 100],
-                            })
-                            .collect();
-                        let t = Instant::now();
-                        let out = engine.step(step).expect("decode");
-                        total += t.elapsed();
-                        assert!(out.results.iter().all(Result::is_ok));
-                        pos += 1;
-                    }
-                    total
-                })
-            });
+        let engine = Engine::load(&assets, options).expect("load");
+        let mut lc = LongContext { engine, context, vocab, pos: Vec::new() };
+        for batch in [LONG_BATCH, 1] {
+            // Gather first: it takes few steps, so both kernels see about the same context.
+            for kernel in [AttentionKernel::Gather, AttentionKernel::Paged] {
+                g.throughput(Throughput::Elements(batch as u64));
+                let id = BenchmarkId::new(format!("decode-b{batch}-{kernel:?}"), context);
+                let mut span = None;
+                g.bench_function(id, |b| {
+                    b.iter_custom(|iters| {
+                        let d = lc.time(kernel, batch, iters);
+                        let (from, to) = (lc.pos[0] - iters as usize, lc.pos[0]);
+                        let (lo, hi) = span.unwrap_or((from, to));
+                        span = Some((lo.min(from), hi.max(to)));
+                        d
+                    })
+                });
+                if let Some((lo, hi)) = span {
+                    eprintln!("  (contexts {lo}..{hi})");
+                }
+            }
         }
     }
     g.finish();

@@ -275,7 +275,10 @@ impl Engine {
     /// Switches the attention implementation of every rank between steps, keeping the cache (so
     /// both kernels can be compared on one state); returns the kernel rank 0 now runs, which is
     /// the gather path where the paged kernel has no implementation for the device.
-    pub fn set_attention(&mut self, kernel: AttentionKernel) -> Result<AttentionKernel> {
+    /// [`options`](Self::options) keeps reporting the kernel the engine was loaded with.
+    pub fn set_attention(&self, kernel: AttentionKernel) -> Result<AttentionKernel> {
+        // Holding the table lock keeps the switch between steps, never inside one.
+        let _steps = self.table.lock().expect("kv table lock poisoned");
         let mut replies = Vec::with_capacity(self.ranks.len());
         for (rank, r) in self.ranks.iter().enumerate() {
             let (tx, rx) = mpsc::channel();
@@ -292,7 +295,6 @@ impl Engine {
                 first = got;
             }
         }
-        self.options.attention = kernel;
         Ok(first)
     }
 
