@@ -192,6 +192,9 @@ impl ShardModel {
     /// no implementation for this rank's device).
     pub fn set_attention(&mut self, kernel: AttentionKernel) {
         self.kernel = kernel.on(&self.device);
+        if self.kernel != kernel {
+            tracing::info!(requested = ?kernel, running = ?self.kernel, "no paged attention kernel for this device");
+        }
     }
 
     /// The attention implementation in use.
