@@ -15,6 +15,7 @@ pub mod gguf_tokenizer;
 pub mod golden;
 pub mod hf_dir;
 pub mod kv_cache;
+pub mod kv_write;
 pub mod layers;
 pub mod lora;
 pub mod model;

@@ -8,6 +8,7 @@ use crate::communicator::Communicator;
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::gather_attention::{GatherPlan, Heads};
+use crate::kv_write::PagedWrite;
 use crate::layers::{Linear, Parallel, RmsNorm, ShardLoader};
 use crate::paged_attention::PagedAttention;
 use crate::rope::Rope;
@@ -219,13 +220,14 @@ impl ShardModel {
         let a0 = &self.layers[0].attn;
         let (kvh, hd) = (a0.kv_heads, a0.head_dim);
         let kv = kv.filter(|_| plan.cached());
-        // The step's one upload: where the new K/V rows go, shared by every layer.
+        // The gather path scatters the new K/V rows through an index tensor built once per step;
+        // the paged path writes them in place from the plan's slots.
         let write = match kv {
-            Some(_) => {
+            Some(_) if self.kernel == AttentionKernel::Gather => {
                 let idx = Tensor::from_slice(plan.write_slots(), (n, 1, 1), dev)?;
                 Some(idx.broadcast_as((n, kvh, hd))?.contiguous()?)
             }
-            None => None,
+            _ => None,
         };
         let attend = match self.kernel {
             AttentionKernel::Paged => Attend::Paged(PagedAttention {
@@ -282,7 +284,12 @@ impl ShardModel {
         }
         let o = match attend {
             Attend::Paged(op) => match kv {
-                Some((kc, vc)) => op.forward(&q, kc, vc)?,
+                Some((kc, vc)) => {
+                    let w = PagedWrite { slots: op.plan.write_slots() };
+                    w.apply(kc, &k)?;
+                    w.apply(vc, &v.contiguous()?)?;
+                    op.forward(&q, kc, vc)?
+                }
                 None => op.forward(&q, &k, &v.contiguous()?)?,
             },
             Attend::Gather(plan) => {
