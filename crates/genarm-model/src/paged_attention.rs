@@ -132,7 +132,8 @@ impl CustomOp3 for PagedAttention<'_> {
 /// [`CHUNK`] consecutive rows covering positions `[from, upto)`.
 fn runs(plan: &StepPlan, seq: usize, from: usize, upto: usize) -> Vec<(usize, usize, usize)> {
     let bs = plan.block_size();
-    let mut out = Vec::with_capacity((upto - from).div_ceil(CHUNK.min(bs.max(1))));
+    let run = if bs == 0 { CHUNK } else { CHUNK.min(bs) };
+    let mut out = Vec::with_capacity((upto - from).div_ceil(run) + 1);
     let mut p = from;
     if bs == 0 {
         // Without cache the sequence's K/V are its own rows of the step, in position order.
