@@ -112,6 +112,23 @@ fn time_decode(engine: &Engine, batch: usize, iters: u64, vocab: usize) -> Durat
     total
 }
 
+/// Times `iters` prefill steps of `batch` fresh sequences of `PREFILL_TOKENS` tokens each.
+fn time_prefill(engine: &Engine, batch: usize, iters: u64, vocab: usize) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let seqs: Vec<StepSeq> = (0..batch as u64)
+            .map(|s| StepSeq { seq_id: s, start_pos: 0, tokens: tokens(PREFILL_TOKENS, s as u32, vocab) })
+            .collect();
+        let t = Instant::now();
+        engine.step(seqs).expect("prefill");
+        total += t.elapsed();
+        for s in 0..batch as u64 {
+            engine.release(s);
+        }
+    }
+    total
+}
+
 fn bench_steps(c: &mut Criterion) {
     for subject in subjects() {
         let vocab = subject.assets.config.vocab_size;
@@ -132,25 +149,7 @@ fn bench_steps(c: &mut Criterion) {
             for batch in [1usize, 8] {
                 g.throughput(Throughput::Elements((batch * PREFILL_TOKENS) as u64));
                 g.bench_function(BenchmarkId::new("prefill", batch), |b| {
-                    b.iter_custom(|iters| {
-                        let mut total = Duration::ZERO;
-                        for _ in 0..iters {
-                            let seqs: Vec<StepSeq> = (0..batch as u64)
-                                .map(|s| StepSeq {
-                                    seq_id: s,
-                                    start_pos: 0,
-                                    tokens: tokens(PREFILL_TOKENS, s as u32, vocab),
-                                })
-                                .collect();
-                            let t = Instant::now();
-                            engine.step(seqs).expect("prefill");
-                            total += t.elapsed();
-                            for s in 0..batch as u64 {
-                                engine.release(s);
-                            }
-                        }
-                        total
-                    })
+                    b.iter_custom(|iters| time_prefill(&engine, batch, iters, vocab))
                 });
             }
             for batch in [1usize, 8, 32] {
@@ -159,11 +158,15 @@ fn bench_steps(c: &mut Criterion) {
                     b.iter_custom(|iters| time_decode(&engine, batch, iters, vocab))
                 });
             }
-            // The gather baseline at batch 1, the case the bandwidth floor bounds.
+            // The gather baseline: batch-1 decode, the case the bandwidth floor bounds, and prefill.
             engine.set_attention(AttentionKernel::Gather).expect("set attention");
             g.throughput(Throughput::Elements(1));
             g.bench_function(BenchmarkId::new("decode-gather", 1), |b| {
                 b.iter_custom(|iters| time_decode(&engine, 1, iters, vocab))
+            });
+            g.throughput(Throughput::Elements((8 * PREFILL_TOKENS) as u64));
+            g.bench_function(BenchmarkId::new("prefill-gather", 8), |b| {
+                b.iter_custom(|iters| time_prefill(&engine, 8, iters, vocab))
             });
             g.finish();
         }
