@@ -138,7 +138,14 @@ impl Target {
     }
 
     fn options(self, dtype: DType, tp: usize, kv_capacity_tokens: usize) -> EngineOptions {
-        EngineOptions { device: self.spec(), dtype, tp, kv_capacity_tokens, block_size: BLOCK_SIZE }
+        EngineOptions {
+            device: self.spec(),
+            dtype,
+            tp,
+            kv_capacity_tokens,
+            block_size: BLOCK_SIZE,
+            ..Default::default()
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 
 use crate::assets::ModelAssets;
+use crate::attention::AttentionKernel;
 use crate::communicator::{Communicator, LocalCommunicator, SingleRank};
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
@@ -17,6 +18,7 @@ use crate::layers::ShardLoader;
 use crate::model::{check_tp, tensor_count, Batch, KvStorage, SeqSpan, ShardModel};
 use crate::progress::LoadProgress;
 use crate::step::{StepError, StepOutput, StepSeq};
+use crate::step_plan::StepPlan;
 
 /// Where the ranks run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,16 +42,26 @@ pub struct EngineOptions {
     pub kv_capacity_tokens: usize,
     /// Tokens per KV block.
     pub block_size: usize,
+    /// Attention implementation (the gather path is the paged kernel's oracle and baseline).
+    pub attention: AttentionKernel,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { device: DeviceSpec::Cpu, dtype: DType::F32, tp: 1, kv_capacity_tokens: 4096, block_size: 16 }
+        Self {
+            device: DeviceSpec::Cpu,
+            dtype: DType::F32,
+            tp: 1,
+            kv_capacity_tokens: 4096,
+            block_size: 16,
+            attention: AttentionKernel::default(),
+        }
     }
 }
 
 enum Command {
-    Forward { batch: Arc<Batch>, cached: bool, reply: mpsc::Sender<Result<Tensor>> },
+    Forward { batch: Arc<Batch>, plan: Arc<StepPlan>, cached: bool, reply: mpsc::Sender<Result<Tensor>> },
+    SetAttention { kernel: AttentionKernel, reply: mpsc::Sender<AttentionKernel> },
 }
 
 struct RankHandle {
@@ -109,7 +121,8 @@ impl Engine {
                             device: &device,
                             on_tensor: &on_tensor,
                         };
-                        let model = ShardModel::load(&cfg, &loader, comm)?;
+                        let mut model = ShardModel::load(&cfg, &loader, comm)?;
+                        model.set_attention(opts.attention);
                         let kv =
                             KvStorage::new(&cfg, world, total_blocks * opts.block_size, opts.dtype, &device)?;
                         Ok((model, kv))
@@ -176,8 +189,13 @@ impl Engine {
         }
         // Decodes first: the model attends to all of them in one padded batch.
         admitted.sort_by_key(|(i, _)| seqs[*i].tokens.len() != 1);
-        let mut batch =
-            Batch { tokens: Vec::new(), positions: Vec::new(), seqs: Vec::new(), all_logits: false };
+        let mut batch = Batch {
+            tokens: Vec::new(),
+            positions: Vec::new(),
+            seqs: Vec::new(),
+            all_logits: false,
+            block_size: table.block_size(),
+        };
         for (i, _) in &admitted {
             let s = &seqs[*i];
             let end = s.start_pos + s.tokens.len();
@@ -185,7 +203,7 @@ impl Engine {
                 offset: batch.tokens.len(),
                 len: s.tokens.len(),
                 past: s.start_pos,
-                slots: Some(table.slots(s.seq_id, 0, end)),
+                blocks: Some(table.blocks(s.seq_id)),
             });
             batch.tokens.extend_from_slice(&s.tokens);
             batch.positions.extend((s.start_pos..end).map(|p| p as u32));
@@ -247,10 +265,37 @@ impl Engine {
         let batch = Batch {
             tokens: tokens.to_vec(),
             positions: (0..tokens.len() as u32).collect(),
-            seqs: vec![SeqSpan { offset: 0, len: tokens.len(), past: 0, slots: None }],
+            seqs: vec![SeqSpan { offset: 0, len: tokens.len(), past: 0, blocks: None }],
             all_logits: true,
+            block_size: self.options.block_size,
         };
         self.run(batch, false)
+    }
+
+    /// Switches the attention implementation of every rank between steps, keeping the cache (so
+    /// both kernels can be compared on one state); returns the kernel rank 0 now runs, which is
+    /// the gather path where the paged kernel has no implementation for the device.
+    /// [`options`](Self::options) keeps reporting the kernel the engine was loaded with.
+    pub fn set_attention(&self, kernel: AttentionKernel) -> Result<AttentionKernel> {
+        // Holding the table lock keeps the switch between steps, never inside one.
+        let _steps = self.table.lock().expect("kv table lock poisoned");
+        let mut replies = Vec::with_capacity(self.ranks.len());
+        for (rank, r) in self.ranks.iter().enumerate() {
+            let (tx, rx) = mpsc::channel();
+            r.tx.as_ref()
+                .expect("rank channel open until drop")
+                .send(Command::SetAttention { kernel, reply: tx })
+                .map_err(|_| ModelError::Rank { rank, reason: "rank thread has exited".into() })?;
+            replies.push(rx);
+        }
+        let mut first = kernel;
+        for (rank, rx) in replies.into_iter().enumerate() {
+            let got = rx.recv().map_err(|_| ModelError::Rank { rank, reason: "rank thread died".into() })?;
+            if rank == 0 {
+                first = got;
+            }
+        }
+        Ok(first)
     }
 
     /// Frees a sequence's KV blocks; false when it was unknown.
@@ -270,11 +315,13 @@ impl Engine {
 
     /// Hands the batch to every rank (rank 0 drives, the others follow) and returns rank 0's logits.
     fn run(&self, batch: Batch, cached: bool) -> Result<Tensor> {
+        // The step's plan is built once here and shared by every rank and layer.
+        let plan = Arc::new(StepPlan::new(&batch));
         let batch = Arc::new(batch);
         let mut replies = Vec::with_capacity(self.ranks.len());
         for (rank, r) in self.ranks.iter().enumerate() {
             let (tx, rx) = mpsc::channel();
-            let cmd = Command::Forward { batch: batch.clone(), cached, reply: tx };
+            let cmd = Command::Forward { batch: batch.clone(), plan: plan.clone(), cached, reply: tx };
             r.tx.as_ref()
                 .expect("rank channel open until drop")
                 .send(cmd)
@@ -307,16 +354,20 @@ impl Drop for Engine {
     }
 }
 
-fn rank_loop(rank: usize, model: ShardModel, kv: KvStorage, rx: mpsc::Receiver<Command>) {
+fn rank_loop(rank: usize, mut model: ShardModel, kv: KvStorage, rx: mpsc::Receiver<Command>) {
     while let Ok(cmd) = rx.recv() {
         match cmd {
-            Command::Forward { batch, cached, reply } => {
-                let out = model.forward(&batch, cached.then_some(&kv));
+            Command::Forward { batch, plan, cached, reply } => {
+                let out = model.forward(&batch, &plan, cached.then_some(&kv));
                 if let Err(e) = &out {
                     tracing::error!(rank, error = %e, "forward failed");
                     model.comm().abort();
                 }
                 let _ = reply.send(out);
+            }
+            Command::SetAttention { kernel, reply } => {
+                model.set_attention(kernel);
+                let _ = reply.send(model.attention_kernel());
             }
         }
     }

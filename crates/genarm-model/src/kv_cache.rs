@@ -106,6 +106,11 @@ impl BlockTable {
         (from..to).map(|p| seq.blocks[p / bs] * bs as u32 + (p % bs) as u32).collect()
     }
 
+    /// The sequence's block table: the pool blocks holding its tokens, in position order.
+    pub fn blocks(&self, seq_id: u64) -> Vec<u32> {
+        self.seqs.get(&seq_id).map(|s| s.blocks.clone()).unwrap_or_default()
+    }
+
     /// Frees the sequence's blocks; false when it was unknown.
     pub fn release(&mut self, seq_id: u64) -> bool {
         match self.seqs.remove(&seq_id) {
@@ -138,6 +143,7 @@ mod tests {
         t.admit(1, 0, 5).unwrap();
         assert_eq!(t.usage().used_blocks, 2);
         assert_eq!(t.slots(1, 0, 5), vec![0, 1, 2, 3, 4]);
+        assert_eq!(t.blocks(1), vec![0, 1]);
         t.admit(1, 5, 1).unwrap();
         assert_eq!(t.usage().used_blocks, 2);
         assert!(t.release(1));

@@ -3,26 +3,32 @@
 //! splits the model over tensor-parallel ranks, and loads HF directories and GGUF files.
 
 pub mod assets;
+pub mod attention;
 pub mod communicator;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod export;
+pub mod gather_attention;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod golden;
 pub mod hf_dir;
 pub mod kv_cache;
+pub mod kv_write;
 pub mod layers;
 pub mod lora;
 pub mod model;
+pub mod paged_attention;
 pub mod progress;
 pub mod rope;
 pub mod step;
+pub mod step_plan;
 pub mod tensors;
 pub mod weights;
 
 pub use assets::{ModelAssets, TokenizerAssets};
+pub use attention::AttentionKernel;
 pub use config::LlamaConfig;
 pub use engine::{Engine, EngineOptions};
 pub use error::{ModelError, Result};

@@ -3,11 +3,16 @@
 
 use candle_core::{DType, Device, Module, Tensor};
 
+use crate::attention::AttentionKernel;
 use crate::communicator::Communicator;
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
+use crate::gather_attention::{GatherPlan, Heads};
+use crate::kv_write::PagedWrite;
 use crate::layers::{Linear, Parallel, RmsNorm, ShardLoader};
+use crate::paged_attention::PagedAttention;
 use crate::rope::Rope;
+use crate::step_plan::StepPlan;
 use crate::tensors::{ModelTensors, Projection};
 use crate::weights::Split;
 
@@ -20,8 +25,8 @@ pub struct SeqSpan {
     pub len: usize,
     /// Tokens already cached before this step (the position of the first new token).
     pub past: usize,
-    /// KV pool slots of all `past + len` tokens, or `None` for a forward without cache.
-    pub slots: Option<Vec<u32>>,
+    /// KV pool blocks holding all `past + len` tokens, or `None` for a forward without cache.
+    pub blocks: Option<Vec<u32>>,
 }
 
 /// A batched forward: every sequence's new tokens, flattened.
@@ -35,42 +40,8 @@ pub struct Batch {
     pub seqs: Vec<SeqSpan>,
     /// Logits at every new position (`true`) or only at each sequence's last one.
     pub all_logits: bool,
-}
-
-impl Batch {
-    /// Pool slots that the new tokens are written to, in batch order (empty without cache).
-    fn write_slots(&self) -> Vec<u32> {
-        self.seqs.iter().filter_map(|s| s.slots.as_ref().map(|sl| &sl[s.past..])).flatten().copied().collect()
-    }
-}
-
-/// Decode sequences attended together: the first `count` sequences of the batch, one new
-/// token each, their contexts gathered from the pool and padded to `width`.
-struct DecodeGroup {
-    count: usize,
-    width: usize,
-    /// Pool slots `[count * width]`, padding included.
-    gather: Tensor,
-    /// Additive mask `[count, 1, 1, width]`: 0 for real tokens, −∞ for padding.
-    mask: Tensor,
-}
-
-/// One sequence attended on its own (prefill, or any sequence without a cache).
-struct SeqAttention {
-    offset: usize,
-    len: usize,
-    /// Pool slots of its whole context, or `None` without a cache.
-    gather: Option<Tensor>,
-    /// Causal mask `[len, past + len]`, `None` for a single token.
-    mask: Option<Tensor>,
-}
-
-/// Index and mask tensors built once per forward and shared by every layer.
-struct AttentionPlan {
-    /// Where the new K/V rows go in the pool, expanded to `[tokens, kv_heads, head_dim]`.
-    write: Option<Tensor>,
-    decode: Option<DecodeGroup>,
-    rest: Vec<SeqAttention>,
+    /// Tokens per KV block of the sequences' block tables.
+    pub block_size: usize,
 }
 
 /// This rank's K and V storage for every layer: `[slots, kv_heads_local, head_dim]` each.
@@ -127,6 +98,13 @@ pub struct ShardModel {
     comm: Box<dyn Communicator>,
     dtype: DType,
     device: Device,
+    kernel: AttentionKernel,
+}
+
+/// The per-layer attention of one forward, prepared once.
+enum Attend<'a> {
+    Paged(PagedAttention<'a>),
+    Gather(GatherPlan),
 }
 
 /// Checks that `world` ranks divide the model's heads and MLP.
@@ -207,7 +185,22 @@ impl ShardModel {
             comm,
             dtype: l.dtype,
             device: l.device.clone(),
+            kernel: AttentionKernel::default().on(l.device),
         })
+    }
+
+    /// Chooses the attention implementation (the paged kernel falls back to gather where it has
+    /// no implementation for this rank's device).
+    pub fn set_attention(&mut self, kernel: AttentionKernel) {
+        self.kernel = kernel.on(&self.device);
+        if self.kernel != kernel {
+            tracing::info!(requested = ?kernel, running = ?self.kernel, "no paged attention kernel for this device");
+        }
+    }
+
+    /// The attention implementation in use.
+    pub fn attention_kernel(&self) -> AttentionKernel {
+        self.kernel
     }
 
     /// The communicator of this rank.
@@ -215,20 +208,41 @@ impl ShardModel {
         self.comm.as_ref()
     }
 
-    /// Runs `batch`, writing the new keys and values into `kv` (when the batch has slots).
-    /// Returns f32 logits `[rows, vocab]` on every rank: one row per sequence, or one per new
-    /// token when `all_logits`.
-    pub fn forward(&self, batch: &Batch, kv: Option<&KvStorage>) -> Result<Tensor> {
+    /// Runs `batch` (whose attention plan is `plan`), writing the new keys and values into `kv`
+    /// (when the batch has a cache). Returns f32 logits `[rows, vocab]` on every rank: one row per
+    /// sequence, or one per new token when `all_logits`.
+    pub fn forward(&self, batch: &Batch, plan: &StepPlan, kv: Option<&KvStorage>) -> Result<Tensor> {
         let dev = &self.device;
         let n = batch.tokens.len();
         let ids = Tensor::from_slice(&batch.tokens, n, dev)?;
         let mut x = self.embed.index_select(&ids, 0)?;
         let (cos, sin) = self.rope.cos_sin(&batch.positions, self.dtype, dev)?;
-        let plan = self.attention_plan(batch, kv.is_some())?;
+        let a0 = &self.layers[0].attn;
+        let (kvh, hd) = (a0.kv_heads, a0.head_dim);
+        let kv = kv.filter(|_| plan.cached());
+        // The gather path scatters the new K/V rows through an index tensor built once per step;
+        // the paged path writes them in place from the plan's slots.
+        let write = match kv {
+            Some(_) if self.kernel == AttentionKernel::Gather => {
+                let idx = Tensor::from_slice(plan.write_slots(), (n, 1, 1), dev)?;
+                Some(idx.broadcast_as((n, kvh, hd))?.contiguous()?)
+            }
+            _ => None,
+        };
+        let attend = match self.kernel {
+            AttentionKernel::Paged => Attend::Paged(PagedAttention {
+                plan,
+                heads: a0.heads,
+                kv_heads: kvh,
+                head_dim: hd,
+                scale: 1.0 / (hd as f32).sqrt(),
+            }),
+            AttentionKernel::Gather => Attend::Gather(GatherPlan::new(plan, dev)?),
+        };
         for (i, layer) in self.layers.iter().enumerate() {
             let kv_layer = kv.map(|k| &k.layers[i]);
             let h = layer.input_norm.forward(&x)?;
-            let a = self.attention(&layer.attn, &h, &cos, &sin, kv_layer, &plan)?;
+            let a = self.attention(&layer.attn, &h, &cos, &sin, kv_layer, write.as_ref(), &attend)?;
             x = (x + a)?;
             let h = layer.post_norm.forward(&x)?;
             x = (x + self.mlp(&layer.mlp, &h)?)?;
@@ -246,66 +260,7 @@ impl ShardModel {
         Ok(logits)
     }
 
-    /// The index and mask tensors of one forward, shared by every layer.
-    fn attention_plan(&self, batch: &Batch, cached: bool) -> Result<AttentionPlan> {
-        let dev = &self.device;
-        let (kvh, hd) = (self.layers[0].attn.kv_heads, self.layers[0].attn.head_dim);
-        let write = if cached {
-            let n = batch.tokens.len();
-            let idx = Tensor::from_vec(batch.write_slots(), (n, 1, 1), dev)?;
-            Some(idx.broadcast_as((n, kvh, hd))?.contiguous()?)
-        } else {
-            None
-        };
-        // Leading single-token sequences with a cache attend together, padded to the longest
-        // context; the engine puts decodes first in the batch for this.
-        let n_decode = if cached { batch.seqs.iter().take_while(|s| s.len == 1).count() } else { 0 };
-        let decode = if n_decode > 0 {
-            let seqs = &batch.seqs[..n_decode];
-            let width = seqs.iter().map(|s| s.past + 1).max().unwrap_or(1);
-            let mut slots = Vec::with_capacity(n_decode * width);
-            let mut mask = Vec::with_capacity(n_decode * width);
-            for s in seqs {
-                let own = s.slots.as_ref().expect("cached sequences have slots");
-                slots.extend_from_slice(own);
-                // Padding reads slot 0 (always finite) and is masked out.
-                slots.extend(std::iter::repeat_n(0, width - own.len()));
-                mask.extend(std::iter::repeat_n(0f32, own.len()));
-                mask.extend(std::iter::repeat_n(f32::NEG_INFINITY, width - own.len()));
-            }
-            Some(DecodeGroup {
-                count: n_decode,
-                width,
-                gather: Tensor::from_vec(slots, n_decode * width, dev)?,
-                mask: Tensor::from_vec(mask, (n_decode, 1, 1, width), dev)?,
-            })
-        } else {
-            None
-        };
-        let rest = batch.seqs[n_decode..]
-            .iter()
-            .map(|s| {
-                let gather = match &s.slots {
-                    Some(sl) => Some(Tensor::from_slice(sl, sl.len(), dev)?),
-                    None => None,
-                };
-                let mask = if s.len == 1 {
-                    None
-                } else {
-                    let total = s.past + s.len;
-                    let m: Vec<f32> = (0..s.len)
-                        .flat_map(|i| {
-                            (0..total).map(move |j| if j > s.past + i { f32::NEG_INFINITY } else { 0.0 })
-                        })
-                        .collect();
-                    Some(Tensor::from_vec(m, (s.len, total), dev)?)
-                };
-                Ok(SeqAttention { offset: s.offset, len: s.len, gather, mask })
-            })
-            .collect::<Result<_>>()?;
-        Ok(AttentionPlan { write, decode, rest })
-    }
-
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         a: &Attention,
@@ -313,7 +268,8 @@ impl ShardModel {
         cos: &Tensor,
         sin: &Tensor,
         kv: Option<&(Tensor, Tensor)>,
-        plan: &AttentionPlan,
+        write: Option<&Tensor>,
+        attend: &Attend,
     ) -> Result<Tensor> {
         let n = h.dim(0)?;
         let (nh, nkv, hd) = (a.heads, a.kv_heads, a.head_dim);
@@ -322,58 +278,24 @@ impl ShardModel {
         let v = a.v.forward(h)?.reshape((n, nkv, hd))?;
         let q = candle_nn::rotary_emb::rope_thd(&q, cos, sin)?.squeeze(0)?;
         let k = candle_nn::rotary_emb::rope_thd(&k, cos, sin)?.squeeze(0)?;
-        if let (Some((kc, vc)), Some(idx)) = (kv, plan.write.as_ref()) {
+        if let (Some((kc, vc)), Some(idx)) = (kv, write) {
             kc.scatter_set(idx, &k, 0)?;
             vc.scatter_set(idx, &v, 0)?;
         }
-        let group = nh / nkv;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let mut outs = Vec::with_capacity(plan.rest.len() + 1);
-        if let (Some(d), Some((kc, vc))) = (&plan.decode, kv) {
-            // q: [b, nh, hd] -> [b, nkv, group, hd]; K/V: [b, width, nkv, hd] -> [b, nkv, width, hd].
-            let qd = q.narrow(0, 0, d.count)?.reshape((d.count, nkv, group, hd))?;
-            let kd = kc
-                .index_select(&d.gather, 0)?
-                .reshape((d.count, d.width, nkv, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let vd = vc
-                .index_select(&d.gather, 0)?
-                .reshape((d.count, d.width, nkv, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let att = (qd.matmul(&kd.t()?)? * scale)?.to_dtype(DType::F32)?.broadcast_add(&d.mask)?;
-            let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(self.dtype)?;
-            outs.push(att.matmul(&vd)?.reshape((d.count, nh * hd))?);
-        }
-        for s in &plan.rest {
-            let (ks, vs) = match (kv, &s.gather) {
-                (Some((kc, vc)), Some(g)) => (kc.index_select(g, 0)?, vc.index_select(g, 0)?),
-                _ => (k.narrow(0, s.offset, s.len)?, v.narrow(0, s.offset, s.len)?),
-            };
-            let total = ks.dim(0)?;
-            // [len, nh, hd] -> [nkv, group * len, hd]: the query heads sharing a KV head are
-            // adjacent, so GQA needs no copy of K and V.
-            let qs = q.narrow(0, s.offset, s.len)?.transpose(0, 1)?.contiguous()?.reshape((
-                nkv,
-                group * s.len,
-                hd,
-            ))?;
-            let ks = ks.transpose(0, 1)?.contiguous()?; // [nkv, total, hd]
-            let vs = vs.transpose(0, 1)?.contiguous()?;
-            let mut att = (qs.matmul(&ks.t()?)? * scale)?.to_dtype(DType::F32)?;
-            if let Some(m) = &s.mask {
-                att = att.reshape((nkv, group, s.len, total))?.broadcast_add(m)?.reshape((
-                    nkv,
-                    group * s.len,
-                    total,
-                ))?;
+        let o = match attend {
+            Attend::Paged(op) => match kv {
+                Some((kc, vc)) => {
+                    let w = PagedWrite { slots: op.plan.write_slots() };
+                    w.apply(kc, &k)?;
+                    w.apply(vc, &v.contiguous()?)?;
+                    op.forward(&q, kc, vc)?
+                }
+                None => op.forward(&q, &k, &v.contiguous()?)?,
+            },
+            Attend::Gather(plan) => {
+                plan.attend(&q, &k, &v, kv, Heads { heads: nh, kv_heads: nkv, head_dim: hd }, self.dtype)?
             }
-            let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(self.dtype)?;
-            let o = att.matmul(&vs)?; // [nkv, group * len, hd]
-            outs.push(o.reshape((nh, s.len, hd))?.transpose(0, 1)?.reshape((s.len, nh * hd))?);
-        }
-        let o = if outs.len() == 1 { outs.pop().expect("one output") } else { Tensor::cat(&outs, 0)? };
+        };
         let o = self.comm.all_reduce_sum(&a.o.matmul(&o)?)?;
         a.o.add_bias(o)
     }
