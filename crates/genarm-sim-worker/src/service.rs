@@ -105,6 +105,8 @@ impl SimService {
             eos_token_ids: vec![SIM_EOS_ID],
             add_bos_token: false,
             instance_id: uuid::Uuid::new_v4().to_string(),
+            // The simulator models forward time, not compute: it has nothing to reuse.
+            prefix_cache: false,
         };
         let role = match args.role {
             SimRole::Base => WorkerRole::Base,
@@ -167,7 +169,7 @@ impl SimService {
                     }
                     Err((code, message)) => Outcome::Error(SeqError { code: code as i32, message }),
                 };
-                results.push(SeqResult { seq_id: s.seq_id, outcome: Some(outcome) });
+                results.push(SeqResult { seq_id: s.seq_id, outcome: Some(outcome), cached_tokens: 0 });
             }
         }
         let mut c = sh.counters.lock().unwrap_or_else(|e| e.into_inner());
@@ -198,7 +200,7 @@ impl SimService {
                     Some(&(_, len)) => wrong_length(seq_id, len, fetch.logits_len),
                     None => no_kept_row(seq_id),
                 };
-                SeqResult { seq_id, outcome: Some(outcome) }
+                SeqResult { seq_id, outcome: Some(outcome), cached_tokens: 0 }
             })
             .collect();
         Ok(StepResponse { results, forward_micros: 0 })
@@ -233,6 +235,7 @@ impl SimService {
             kv_block_size: BLOCK as u32,
             sequences: seqs.len() as u32,
             orphans_released: 0,
+            ..Default::default()
         }
     }
 }

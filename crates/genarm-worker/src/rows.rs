@@ -69,7 +69,7 @@ impl KeptRows {
             Some(Err(kept)) => wrong_length(seq_id, kept, logits_len),
             None => no_kept_row(seq_id),
         };
-        SeqResult { seq_id, outcome: Some(outcome) }
+        SeqResult { seq_id, outcome: Some(outcome), cached_tokens: 0 }
     }
 }
 

@@ -190,6 +190,7 @@ impl WorkerService {
             kv_block_size: kv.block_size as u32,
             sequences: kv.sequences as u32,
             orphans_released: c.orphans_released,
+            ..Default::default()
         })
     }
 

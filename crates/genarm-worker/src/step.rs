@@ -261,7 +261,7 @@ pub fn execute_step(
                     seq_result::Outcome::Error(seq_error(&e))
                 }
             };
-            SeqResult { seq_id, outcome: Some(outcome) }
+            SeqResult { seq_id, outcome: Some(outcome), cached_tokens: 0 }
         })
         .collect();
     kept.forget(forget);
