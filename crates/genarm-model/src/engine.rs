@@ -44,6 +44,9 @@ pub struct EngineOptions {
     pub block_size: usize,
     /// Attention implementation (the gather path is the paged kernel's oracle and baseline).
     pub attention: AttentionKernel,
+    /// Keep full KV blocks in a prefix cache and reuse them for sequences that start with the
+    /// same tokens (see [`BlockTable`]).
+    pub prefix_cache: bool,
 }
 
 impl Default for EngineOptions {
@@ -55,6 +58,7 @@ impl Default for EngineOptions {
             kv_capacity_tokens: 4096,
             block_size: 16,
             attention: AttentionKernel::default(),
+            prefix_cache: true,
         }
     }
 }
@@ -75,6 +79,8 @@ pub struct Engine {
     options: EngineOptions,
     ranks: Vec<RankHandle>,
     table: Mutex<BlockTable>,
+    /// Keys the prefix cache: blocks computed under other weights never match.
+    identity: u64,
 }
 
 impl Engine {
@@ -141,9 +147,15 @@ impl Engine {
             ranks.push(RankHandle { tx: Some(tx), thread: Some(thread) });
             ready.push(ready_rx);
         }
+        let table = if options.prefix_cache {
+            BlockTable::with_prefix_cache(total_blocks, options.block_size)
+        } else {
+            BlockTable::new(total_blocks, options.block_size)
+        };
         let engine = Self {
             config: cfg,
-            table: Mutex::new(BlockTable::new(total_blocks, options.block_size)),
+            table: Mutex::new(table),
+            identity: model_identity(assets, &options),
             options,
             ranks,
         };
@@ -177,15 +189,16 @@ impl Engine {
         for (i, s) in seqs.iter().enumerate() {
             match self
                 .validate(s, &mut seen)
-                .and_then(|()| table.admit(s.seq_id, s.start_pos, s.tokens.len()))
+                .and_then(|()| table.admit(s.seq_id, s.start_pos, &s.tokens, self.identity))
             {
                 Ok(a) => admitted.push((i, a)),
                 Err(e) => results[i] = Some(Err(e)),
             }
         }
         if admitted.is_empty() {
-            let results = results.into_iter().map(|r| r.expect("every sequence failed")).collect();
-            return Ok(StepOutput { results, forward_time: Default::default() });
+            let results: Vec<_> = results.into_iter().map(|r| r.expect("every sequence failed")).collect();
+            let cached_tokens = vec![0; results.len()];
+            return Ok(StepOutput { results, cached_tokens, forward_time: Default::default() });
         }
         // Decodes first: the model attends to all of them in one padded batch.
         admitted.sort_by_key(|(i, _)| seqs[*i].tokens.len() != 1);
@@ -196,17 +209,18 @@ impl Engine {
             all_logits: false,
             block_size: table.block_size(),
         };
-        for (i, _) in &admitted {
+        for (i, a) in &admitted {
             let s = &seqs[*i];
-            let end = s.start_pos + s.tokens.len();
+            // Tokens found in the prefix cache are attended to, not computed.
+            let (past, tokens) = (s.start_pos + a.reused(), &s.tokens[a.reused()..]);
             batch.seqs.push(SeqSpan {
                 offset: batch.tokens.len(),
-                len: s.tokens.len(),
-                past: s.start_pos,
+                len: tokens.len(),
+                past,
                 blocks: Some(table.blocks(s.seq_id)),
             });
-            batch.tokens.extend_from_slice(&s.tokens);
-            batch.positions.extend((s.start_pos..end).map(|p| p as u32));
+            batch.tokens.extend_from_slice(tokens);
+            batch.positions.extend((past..past + tokens.len()).map(|p| p as u32));
         }
         let started = Instant::now();
         let logits = match self.run(batch, true) {
@@ -219,12 +233,23 @@ impl Engine {
             }
         };
         let forward_time = started.elapsed();
-        let rows: Vec<Vec<f32>> = logits.to_vec2()?;
-        for ((i, _), row) in admitted.into_iter().zip(rows) {
+        let rows: Vec<Vec<f32>> = match logits.to_vec2() {
+            Ok(rows) => rows,
+            Err(e) => {
+                for (_, a) in admitted {
+                    table.rollback(a);
+                }
+                return Err(e.into());
+            }
+        };
+        let mut cached_tokens = vec![0; seqs.len()];
+        for ((i, a), row) in admitted.into_iter().zip(rows) {
+            cached_tokens[i] = a.reused();
+            table.commit(a, &seqs[i].tokens);
             results[i] = Some(Ok(row));
         }
         let results = results.into_iter().map(|r| r.expect("every sequence has a result")).collect();
-        Ok(StepOutput { results, forward_time })
+        Ok(StepOutput { results, cached_tokens, forward_time })
     }
 
     fn validate(
@@ -371,6 +396,18 @@ fn rank_loop(rank: usize, mut model: ShardModel, kv: KvStorage, rx: mpsc::Receiv
             }
         }
     }
+}
+
+/// What the prefix cache keys blocks by, besides their tokens: the weights (model and merged
+/// adapter, named by where they were loaded from) and everything that changes their K/V values.
+fn model_identity(assets: &ModelAssets, options: &EngineOptions) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    assets.model_id.hash(&mut h);
+    assets.path.hash(&mut h);
+    format!("{:?}", options.dtype).hash(&mut h);
+    options.tp.hash(&mut h);
+    h.finish()
 }
 
 fn rank_device(spec: DeviceSpec, rank: usize) -> Result<Device> {

@@ -20,6 +20,9 @@ pub struct StepOutput {
     /// One entry per input sequence, in input order: the f32 logits over the vocabulary at the
     /// sequence's last new position, or why that sequence was not advanced.
     pub results: Vec<Result<Vec<f32>, StepError>>,
+    /// Per input sequence: leading tokens of the step taken from the prefix cache instead of
+    /// being computed (0 for a failed sequence).
+    pub cached_tokens: Vec<usize>,
     /// Time spent in the batched forward (excluding validation and allocation).
     pub forward_time: Duration,
 }

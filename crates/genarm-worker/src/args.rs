@@ -57,6 +57,15 @@ pub struct WorkerArgs {
           value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub kv_block_size: u32,
 
+    /// Turn the prefix cache off. With it on (the default), full KV blocks stay cached after
+    /// their sequences leave, and a new sequence (or an aligned prefill chunk) whose tokens
+    /// from position 0 match reuses them instead of computing them again; each hit is checked
+    /// token for token. Cached blocks no sequence holds count as free: the pool evicts them
+    /// (least recently used first) before any request waits.
+    #[arg(long, env = "GENARM_NO_PREFIX_CACHE", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_prefix_cache: bool,
+
     /// Largest gRPC message the worker sends or accepts, in bytes. A step's response holds
     /// every sequence's logits (vocab × 4 bytes each in f32), so raise it for big batches over
     /// big vocabularies.

@@ -76,6 +76,7 @@ impl WorkerConfig {
                 tp: args.tp as usize,
                 kv_capacity_tokens,
                 block_size: args.kv_block_size as usize,
+                prefix_cache: !args.no_prefix_cache,
                 ..Default::default()
             },
             dtype: args.dtype,

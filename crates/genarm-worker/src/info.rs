@@ -34,7 +34,7 @@ pub fn build_info(assets: &ModelAssets, config: &WorkerConfig) -> InfoResponse {
         instance_id: uuid::Uuid::new_v4().to_string(),
         // Every worker computes certificates from its f32 rows (genarm_fusion::certify_row).
         logits_wires: vec![LogitsWire::Full as i32, LogitsWire::Sparse as i32],
-        prefix_cache: false,
+        prefix_cache: config.engine.prefix_cache,
     }
 }
 

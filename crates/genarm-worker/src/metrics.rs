@@ -84,6 +84,22 @@ pub fn describe() {
     describe_gauge!("genarm_worker_kv_blocks_capacity", "KV cache blocks in the pool");
     describe_gauge!("genarm_worker_kv_block_size_tokens", "Tokens per KV cache block");
     describe_gauge!("genarm_worker_sequences", "Sequences holding KV cache");
+    describe_counter!(
+        "genarm_worker_prefix_lookup_tokens_total",
+        "Prefill tokens of new sequences and aligned chunks looked up in the prefix cache"
+    );
+    describe_counter!(
+        "genarm_worker_prefix_hit_tokens_total",
+        "Prefill tokens taken from the prefix cache instead of being computed"
+    );
+    describe_counter!(
+        "genarm_worker_prefix_evicted_blocks_total",
+        "Cached KV blocks the prefix cache gave up to make room"
+    );
+    describe_gauge!(
+        "genarm_worker_prefix_cached_blocks",
+        "KV blocks registered in the prefix cache (held by sequences or free to evict)"
+    );
     describe_gauge!("genarm_worker_ready", "1 once the model is loaded and warmed (health SERVING), else 0");
 }
 
@@ -127,6 +143,10 @@ struct ScrapeHandles {
     kv_total: Gauge,
     kv_block_size: Gauge,
     sequences: Gauge,
+    prefix_lookup_tokens: Counter,
+    prefix_hit_tokens: Counter,
+    prefix_evicted_blocks: Counter,
+    prefix_cached_blocks: Gauge,
     ready: Gauge,
 }
 
@@ -141,6 +161,10 @@ impl ScrapeHandles {
             kv_total: metrics::gauge!("genarm_worker_kv_blocks_capacity"),
             kv_block_size: metrics::gauge!("genarm_worker_kv_block_size_tokens"),
             sequences: metrics::gauge!("genarm_worker_sequences"),
+            prefix_lookup_tokens: metrics::counter!("genarm_worker_prefix_lookup_tokens_total"),
+            prefix_hit_tokens: metrics::counter!("genarm_worker_prefix_hit_tokens_total"),
+            prefix_evicted_blocks: metrics::counter!("genarm_worker_prefix_evicted_blocks_total"),
+            prefix_cached_blocks: metrics::gauge!("genarm_worker_prefix_cached_blocks"),
             ready: metrics::gauge!("genarm_worker_ready"),
         }
     }
@@ -214,6 +238,10 @@ async fn scrape(State(st): State<MetricsState>) -> Response {
             g.kv_total.set(s.kv_total_blocks as f64);
             g.kv_block_size.set(f64::from(s.kv_block_size));
             g.sequences.set(f64::from(s.sequences));
+            g.prefix_lookup_tokens.absolute(s.prefix_lookup_tokens);
+            g.prefix_hit_tokens.absolute(s.prefix_hit_tokens);
+            g.prefix_evicted_blocks.absolute(s.prefix_evicted_blocks);
+            g.prefix_cached_blocks.set(s.prefix_cached_blocks as f64);
             g.ready.set(1.0);
         }
         Err(_) => g.ready.set(0.0),

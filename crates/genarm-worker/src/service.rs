@@ -190,7 +190,10 @@ impl WorkerService {
             kv_block_size: kv.block_size as u32,
             sequences: kv.sequences as u32,
             orphans_released: c.orphans_released,
-            ..Default::default()
+            prefix_lookup_tokens: kv.prefix.lookup_tokens,
+            prefix_hit_tokens: kv.prefix.hit_tokens,
+            prefix_evicted_blocks: kv.prefix.evicted_blocks,
+            prefix_cached_blocks: kv.prefix.cached_blocks,
         })
     }
 

@@ -243,7 +243,8 @@ pub fn execute_step(
     let results = meta
         .into_iter()
         .zip(out.results)
-        .map(|((seq_id, n_tokens), result)| {
+        .zip(out.cached_tokens)
+        .map(|(((seq_id, n_tokens), result), cached)| {
             let outcome = match result {
                 Ok(mut logits) => {
                     advanced += 1;
@@ -261,7 +262,7 @@ pub fn execute_step(
                     seq_result::Outcome::Error(seq_error(&e))
                 }
             };
-            SeqResult { seq_id, outcome: Some(outcome), cached_tokens: 0 }
+            SeqResult { seq_id, outcome: Some(outcome), cached_tokens: cached as u32 }
         })
         .collect();
     kept.forget(forget);
