@@ -454,7 +454,7 @@ pub(super) fn admit(
             return;
         }
     };
-    let member = Arc::new(Member::new(c.key.clone(), c.url.clone(), client, health));
+    let member = Arc::new(Member::new(c.key.clone(), c.url.clone(), client, health, info));
     let mut members = slot.members.write().unwrap_or_else(|e| e.into_inner());
     members.retain(|m| m.key != c.key);
     members.push(Arc::clone(&member));

@@ -12,7 +12,10 @@
 //!   reward name, and for an ARM the catalog's checks. A static worker that fails at startup is
 //!   fatal; a discovered one is refused and logged. A monitor task per member tracks its health.
 //! - `pool`: the ready members of a slot share its sequences. A new sequence (start position 0)
-//!   is placed on the ready member holding the fewest sequences and stays there. When that
+//!   is placed on the ready member most likely to hold its prefix in its prefix cache
+//!   (`prefix_affinity`: the prompt blocks recently sent to each member), unless that member is
+//!   much busier than the least-loaded one, and otherwise on the ready member holding the fewest
+//!   sequences; it stays there. When that
 //!   member fails, its sequences are answered [`SeqErrorKind::ReplicaLost`] while another member
 //!   is ready, and the step replays them there (failover); with no ready member left the call
 //!   fails as a whole (the scheduler then holds the affected requests for
@@ -28,6 +31,7 @@ pub mod error;
 mod grpc;
 mod membership;
 mod pool;
+mod prefix_affinity;
 mod probe;
 
 pub use backend::{

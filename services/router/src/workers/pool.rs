@@ -23,6 +23,7 @@ use super::catalog::Catalog;
 use super::config::WorkersConfig;
 use super::error::CallError;
 use super::membership::{self, Membership};
+use super::prefix_affinity::{affinity_allowed, PrefixMemory};
 use super::probe::clients;
 
 /// One worker process serving a model slot: a static `--base`/`--rm` URL (never expires) or a
@@ -41,6 +42,8 @@ pub(super) struct Member {
     /// complete on a stalled worker): released by its monitor when it answers again, before it
     /// is marked ready (so that no replay placed on it afterwards can be released by mistake).
     pub(super) pending_release: Mutex<Vec<u64>>,
+    /// The prompt blocks recently placed here, when the worker has a prefix cache.
+    pub(super) prefix: Option<Mutex<PrefixMemory>>,
 }
 
 /// One model of the catalog (backend index) and the workers serving it (replicas): each
@@ -66,7 +69,13 @@ impl Member {
         url: String,
         client: WorkerClient<Channel>,
         health: HealthClient<Channel>,
+        info: &InfoResponse,
     ) -> Self {
+        let block = info.kv_block_size.max(1) as usize;
+        let prefix = info.prefix_cache.then(|| {
+            let blocks = (info.kv_capacity_tokens as usize).div_ceil(block);
+            Mutex::new(PrefixMemory::new(block, blocks))
+        });
         Member {
             key,
             url,
@@ -76,6 +85,7 @@ impl Member {
             removed: AtomicBool::new(false),
             wake: Notify::new(),
             pending_release: Mutex::new(Vec::new()),
+            prefix,
         }
     }
 
@@ -133,6 +143,38 @@ impl Slot {
         let turn = self.turn.fetch_add(1, Ordering::Relaxed) % ready.len();
         ready.rotate_left(turn);
         ready.into_iter().min_by_key(|m| placements.values().filter(|p| Arc::ptr_eq(p, m)).count())
+    }
+
+    /// Where a new sequence starting with `tokens` goes: the ready member that was sent the
+    /// longest prefix of them lately (its prefix cache likely holds it), unless it is much busier
+    /// than the least-loaded member ([`affinity_allowed`]); otherwise the least-loaded one. The
+    /// choice is remembered for the next sequences.
+    pub(super) fn place(
+        &self,
+        placements: &HashMap<u64, Arc<Member>>,
+        tokens: &[u32],
+    ) -> Option<Arc<Member>> {
+        let least = self.least_loaded(placements)?;
+        let load = |m: &Arc<Member>| placements.values().filter(|p| Arc::ptr_eq(p, m)).count();
+        let by_prefix = self
+            .members()
+            .into_iter()
+            .filter(|m| m.usable())
+            .filter_map(|m| {
+                let matched =
+                    m.prefix.as_ref()?.lock().unwrap_or_else(|e| e.into_inner()).matched_blocks(tokens);
+                (matched > 0).then_some((matched, m))
+            })
+            // Longest match; among equal matches the least loaded.
+            .max_by(|(a, ma), (b, mb)| a.cmp(b).then_with(|| load(mb).cmp(&load(ma))));
+        let chosen = match by_prefix {
+            Some((_, m)) if Arc::ptr_eq(&m, &least) || affinity_allowed(load(&m), load(&least)) => m,
+            _ => least,
+        };
+        if let Some(memory) = &chosen.prefix {
+            memory.lock().unwrap_or_else(|e| e.into_inner()).record(tokens);
+        }
+        Some(chosen)
     }
 
     pub(super) fn any_usable(&self) -> bool {
@@ -200,7 +242,8 @@ impl Workers {
         let mut members = Vec::new();
         for p in firsts {
             let (client, health) = clients(&p.cand.url, cfg.max_message_bytes, cfg.tls.as_ref())?;
-            let member = Arc::new(Member::new(p.cand.key.clone(), p.cand.url.clone(), client, health));
+            let member =
+                Arc::new(Member::new(p.cand.key.clone(), p.cand.url.clone(), client, health, &p.info));
             members.push(Arc::clone(&member));
             slots.push(Slot {
                 label: match &p.entry.reward_name {
@@ -305,7 +348,7 @@ impl StepBackend for Workers {
                             continue;
                         }
                         let m = slot
-                            .least_loaded(&placements)
+                            .place(&placements, &s.tokens)
                             .ok_or_else(|| CallError::NoReadyWorker(slot.label.clone()))?;
                         placements.insert(s.seq_id, Arc::clone(&m));
                         m
