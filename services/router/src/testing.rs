@@ -46,6 +46,8 @@ pub struct FakeState {
     pub kv_capacity: usize,
     /// Sequence ids of each step call.
     pub steps: Vec<Vec<u64>>,
+    /// Each step call's sequences as (sequence id, start position, tokens sent).
+    pub calls: Vec<Vec<(u64, u32, usize)>>,
     /// Fail this many next step calls as a whole.
     pub fail_calls: usize,
     /// Send NaN logits on the next step.
@@ -142,6 +144,7 @@ impl StepBackend for FakeBackend {
         tokio::time::sleep(self.delay).await;
         let mut st = self.state(model);
         st.steps.push(seqs.iter().map(|s| s.seq_id).collect());
+        st.calls.push(seqs.iter().map(|s| (s.seq_id, s.start_pos, s.tokens.len())).collect());
         if st.fail_calls > 0 {
             st.fail_calls -= 1;
             return Err(CallError::Transport("connection refused".into()));
