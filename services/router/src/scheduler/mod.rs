@@ -9,6 +9,8 @@
 //! [`step`]. Nothing here knows HTTP: failures are [`SchedulerError`]s, mapped to HTTP once, in
 //! `crate::api`.
 
+#[cfg(test)]
+mod chunked_tests;
 mod error;
 mod handle;
 mod queue;
