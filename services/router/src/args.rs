@@ -72,9 +72,12 @@ pub struct Args {
     #[arg(long, env = "GENARM_MAX_BATCH_SIZE", value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_batch_size: u32,
 
-    /// Prefill token budget per step: new requests join the running batch while the prompt
-    /// tokens they add to one step stay within it (one request is always admitted alone, even
-    /// when its prompt is longer).
+    /// Token budget of each worker's Step call: the running streams' next tokens come first
+    /// (never delayed), then prompts in arrival order, a prompt longer than what is left being
+    /// prefilled in chunks over several steps (at least budget/8 tokens a step, however many
+    /// streams run). Smaller keeps the streams' inter-token latency steady while long prompts
+    /// arrive; larger starts those prompts sooner. New requests join the batch while the prompt
+    /// tokens still to send are under the budget.
     #[arg(long, env = "GENARM_MAX_BATCH_TOKENS", value_name = "TOKENS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_batch_tokens: u32,
 

@@ -80,6 +80,7 @@ pub fn register_zeroes() {
         "genarm_replays_total",
         "genarm_failovers_total",
         "genarm_preemptions_total",
+        "genarm_prefill_chunks_total",
         "genarm_step_wire_bytes_total",
         "genarm_sparse_certified_total",
     ] {
@@ -163,6 +164,11 @@ pub fn describe() {
         "genarm_preemptions_total",
         "Sequences preempted or requeued after a worker ran out of KV cache"
     );
+    describe_counter!(
+        "genarm_prefill_chunks_total",
+        "Prefill chunks sent that ended before the sequence's current length: prompts (or replays) longer \
+         than what a step's token budget (--max-batch-tokens) left after the decodes, split over steps"
+    );
     describe_gauge!("genarm_kv_blocks_used", "KV cache blocks in use on each worker (polled from its Stats)");
     describe_gauge!(
         "genarm_kv_blocks_capacity",
@@ -210,6 +216,8 @@ pub struct SchedMetrics {
     pub failovers: Counter,
     /// `genarm_preemptions_total`.
     pub preemptions: Counter,
+    /// `genarm_prefill_chunks_total`.
+    pub prefill_chunks: Counter,
     /// `genarm_queue_depth`.
     pub queue_depth: Gauge,
     /// `genarm_batch_size`.
@@ -241,6 +249,7 @@ impl SchedMetrics {
             replays: metrics::counter!("genarm_replays_total"),
             failovers: metrics::counter!("genarm_failovers_total"),
             preemptions: metrics::counter!("genarm_preemptions_total"),
+            prefill_chunks: metrics::counter!("genarm_prefill_chunks_total"),
             queue_depth: metrics::gauge!("genarm_queue_depth"),
             batch_size: metrics::gauge!("genarm_batch_size"),
             sparse_certified: metrics::counter!("genarm_sparse_certified_total"),

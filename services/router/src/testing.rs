@@ -46,6 +46,8 @@ pub struct FakeState {
     pub kv_capacity: usize,
     /// Sequence ids of each step call.
     pub steps: Vec<Vec<u64>>,
+    /// Each step call's sequences as (sequence id, start position, tokens sent).
+    pub calls: Vec<Vec<(u64, u32, usize)>>,
     /// Fail this many next step calls as a whole.
     pub fail_calls: usize,
     /// Send NaN logits on the next step.
@@ -57,6 +59,9 @@ pub struct FakeState {
     /// On the next step, lose every sequence and answer REPLICA_LOST for the ones it held (a
     /// replica that failed while another one is ready).
     pub lose_next: bool,
+    /// Like `lose_next`, on the first step at which some sequence already holds at least this
+    /// many tokens (a replica that fails in the middle of a chunked prefill).
+    pub lose_when_holding: Option<usize>,
     /// Released ids.
     pub released: Vec<u64>,
     /// The rows of the last sparse step, per sequence (for `fetch_rows`).
@@ -65,6 +70,8 @@ pub struct FakeState {
     pub fetches: Vec<Vec<u64>>,
     /// Sequence ids of each `fetch_rows` call for refined certificates.
     pub refines: Vec<Vec<u64>>,
+    /// Every sequence of every `fetch_rows` call, as (sequence id, tokens held then).
+    pub fetched_at: Vec<(u64, usize)>,
     /// Fail this many next `fetch_rows` calls as a whole.
     pub fail_fetches: usize,
     /// On the next sparse step, send certificates whose bound on the values left out is above a
@@ -142,6 +149,7 @@ impl StepBackend for FakeBackend {
         tokio::time::sleep(self.delay).await;
         let mut st = self.state(model);
         st.steps.push(seqs.iter().map(|s| s.seq_id).collect());
+        st.calls.push(seqs.iter().map(|s| (s.seq_id, s.start_pos, s.tokens.len())).collect());
         if st.fail_calls > 0 {
             st.fail_calls -= 1;
             return Err(CallError::Transport("connection refused".into()));
@@ -149,7 +157,11 @@ impl StepBackend for FakeBackend {
         if std::mem::take(&mut st.forget_next) {
             st.held.clear();
         }
-        let lost: Vec<u64> = if std::mem::take(&mut st.lose_next) {
+        let lose_mid_sequence = st.lose_when_holding.is_some_and(|n| st.held.values().any(|h| h.len() >= n));
+        if lose_mid_sequence {
+            st.lose_when_holding = None;
+        }
+        let lost: Vec<u64> = if std::mem::take(&mut st.lose_next) || lose_mid_sequence {
             st.held.drain().map(|(id, _)| id).collect()
         } else {
             vec![]
@@ -229,6 +241,9 @@ impl StepBackend for FakeBackend {
             RowFetch::Rows(_) => st.fetches.push(seq_ids.clone()),
             RowFetch::Certificates { .. } => st.refines.push(seq_ids.clone()),
         }
+        let held: Vec<(u64, usize)> =
+            seq_ids.iter().map(|id| (*id, st.held.get(id).map_or(0, Vec::len))).collect();
+        st.fetched_at.extend(held);
         if st.fail_fetches > 0 {
             st.fail_fetches -= 1;
             return Err(CallError::Transport("connection reset".into()));

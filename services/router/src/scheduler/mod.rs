@@ -1,13 +1,16 @@
 //! The scheduler actor: owns the waiting queue and the running batch, fed through an mpsc channel
 //! (TGI style). Requests join the running batch at the next step and leave when done
-//! (continuous batching), within `--max-batch-size` and the per-step prefill budget
-//! `--max-batch-tokens`. Admission is bounded: when `--max-waiting` requests wait, new ones get
+//! (continuous batching), within `--max-batch-size` and the per-step token budget
+//! `--max-batch-tokens`, which each step fills with the running streams' decodes first and
+//! prefill chunks after (a long prompt is prefilled over several steps). Admission is bounded: when `--max-waiting` requests wait, new ones get
 //! 429 at once. KV exhaustion requeues new requests (and pauses admission) or preempts the
 //! youngest running sequence; cancelled requests are released on every worker within one step.
 //! The step itself (plan, call the workers, apply their outcomes, fuse and sample, finish) is in
 //! [`step`]. Nothing here knows HTTP: failures are [`SchedulerError`]s, mapped to HTTP once, in
 //! `crate::api`.
 
+#[cfg(test)]
+mod chunked_tests;
 mod error;
 mod handle;
 mod queue;
@@ -54,7 +57,8 @@ pub struct SchedulerConfig {
     pub sampling_threads: usize,
     /// Most sequences in a step.
     pub max_batch_size: usize,
-    /// Prefill token budget per step.
+    /// Token budget of each model's `Step` call: decodes first, prefill chunked into the rest
+    /// (see `step::plan`).
     pub max_batch_tokens: usize,
     /// Most waiting requests.
     pub max_waiting: usize,
@@ -111,6 +115,8 @@ pub struct SchedulerStats {
     pub preemptions: AtomicU64,
     /// Sequence replays after UNKNOWN_SEQUENCE / POSITION_MISMATCH.
     pub replays: AtomicU64,
+    /// Prefill chunks sent that ended before their sequence's current length.
+    pub prefill_chunks: AtomicU64,
 }
 
 impl<B: StepBackend> Scheduler<B> {

@@ -1,5 +1,5 @@
 //! The queue side of the actor: submissions become waiting sequences, cancelled ones leave,
-//! waiting ones are admitted into the batch within its size and prefill budget, and sequences
+//! waiting ones are admitted into the batch within its size and prefill backlog, and sequences
 //! that leave are released on every worker that holds them.
 
 use std::sync::atomic::Ordering;
@@ -89,7 +89,15 @@ impl<B: StepBackend> Scheduler<B> {
         self.release_all_owned(gone).await;
     }
 
-    /// Moves waiting sequences into the batch while there is room and prefill budget.
+    /// Moves waiting sequences into the batch while there is room and the prefill backlog (the
+    /// prompt tokens the running sequences have yet to send) is under one step's budget.
+    ///
+    /// A prompt longer than the budget is admitted like any other and prefilled in chunks
+    /// across steps (`step::plan`), so it never holds up the running streams. Admitting only
+    /// while the backlog is under the budget keeps the rest waiting in the queue (and in
+    /// `router.queue_wait`) rather than idle in the batch: the step could not start them anyway,
+    /// since prefill is served in arrival order. The first sequence is admitted whatever its
+    /// size, so a long prompt never waits for anything but a place in the batch.
     pub(super) fn admit(&mut self) {
         if self.running.is_empty() {
             self.admission_blocked = false;
@@ -98,20 +106,15 @@ impl<B: StepBackend> Scheduler<B> {
             return;
         }
         let limit = if self.solo_next { 1 } else { self.cfg.max_batch_size };
-        let mut budget_used = 0usize;
-        while self.running.len() < limit {
-            let Some(front) = self.waiting.front() else { break };
-            let need = front.prefill_tokens();
-            if budget_used > 0 && budget_used + need > self.cfg.max_batch_tokens {
-                break;
-            }
+        let mut backlog: usize = self.running.iter().map(Seq::prefill_backlog).sum();
+        while self.running.len() < limit && backlog < self.cfg.max_batch_tokens {
             let Some(mut seq) = self.waiting.pop_front() else { break };
             if let Some(m) = seq.models.iter().map(|m| m.model).find(|&m| !self.backend.is_ready(m)) {
                 let err = SchedulerError::WorkerNotReady { worker: self.backend.display_name(m) };
                 let _ = seq.events.send(Event::Failed(err));
                 continue;
             }
-            budget_used += need;
+            backlog += seq.prefill_backlog();
             seq.permit = None;
             seq.prefilling = true;
             self.running.push(seq);

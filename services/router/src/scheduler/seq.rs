@@ -27,9 +27,11 @@ pub(crate) struct SeqModel {
     pub alpha: f32,
     /// This model's prompt.
     pub prompt: Vec<u32>,
-    /// Tokens the worker holds for the sequence.
+    /// Tokens the worker holds for the sequence (below the target length between the chunks of a
+    /// chunked prefill).
     pub pos: u32,
-    /// Logits at the sequence's current length, once the worker sent them this round.
+    /// Logits at the sequence's current length, once the worker sent them this round (never
+    /// those of an intermediate prefill chunk).
     pub logits: Option<ModelRow>,
 }
 
@@ -92,9 +94,21 @@ impl Seq {
         }
     }
 
-    /// Prefill tokens this sequence adds to a step when (re)admitted.
-    pub fn prefill_tokens(&self) -> usize {
-        (0..self.models.len()).map(|s| self.target_len(s)).max().unwrap_or(0)
+    /// Tokens model slot `slot` still has to send before it can answer logits at the current
+    /// length (0 once its logits are in).
+    pub fn missing_tokens(&self, slot: usize) -> usize {
+        let sm = &self.models[slot];
+        match sm.logits {
+            Some(_) => 0,
+            None => self.target_len(slot).saturating_sub(sm.pos as usize),
+        }
+    }
+
+    /// Prefill tokens this sequence still has to send, on the model that lacks the most: what it
+    /// weighs against the per-step budget at admission. A slot missing one token is a decode (it
+    /// is never chunked or delayed, see `step::plan`) and counts nothing.
+    pub fn prefill_backlog(&self) -> usize {
+        (0..self.models.len()).map(|s| self.missing_tokens(s)).filter(|&n| n > 1).max().unwrap_or(0)
     }
 
     /// Token counts so far.

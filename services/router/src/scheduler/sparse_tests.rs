@@ -1,8 +1,8 @@
 //! The sparse logits wire in the scheduler against the full wire, on the in-process fake
 //! backend: identical tokens and log-probabilities for every sampling mode, guided or not, with
 //! refined certificates and fallbacks to fetched rows (negative weights, `top_logprobs`,
-//! uncertified draws), a fetch that fails (replayed, nothing lost) and a worker whose row cannot be
-//! certified.
+//! uncertified draws), a fetch that fails (replayed, nothing lost), a worker whose row cannot be
+//! certified, and chunked prefill (rows fetched only at a sequence's full length).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,7 +98,12 @@ fn requests() -> Vec<Request> {
 }
 
 async fn run_all(handle: &SchedulerHandle) -> Vec<Stream> {
-    let rxs: Vec<_> = requests()
+    run_requests(handle, requests()).await
+}
+
+/// Submits `requests` at once and collects their streams in order.
+async fn run_requests(handle: &SchedulerHandle, requests: Vec<Request>) -> Vec<Stream> {
+    let rxs: Vec<_> = requests
         .into_iter()
         .map(|(prompt, arms, sampling, top_logprobs)| {
             let r = GenRequest {
@@ -244,4 +249,54 @@ async fn an_inconsistent_certificate_fails_only_the_requests_that_used_it_naming
     let ok = collect(without).await;
     assert!(ok.1.is_ok(), "the request that did not use arm2 failed: {:?}", ok.1);
     assert_eq!(ok.0.len(), 6);
+}
+
+/// Prompt lengths of [`long_requests`] per model (base, first ARM, second ARM): each longer than
+/// the budget of the chunked test, and different, as each model renders its own.
+const LONG_PROMPTS: [usize; 3] = [30, 26, 34];
+
+/// [`requests`] with every prompt [`LONG_PROMPTS`] long.
+fn long_requests() -> Vec<Request> {
+    let long = |len: usize, salt: u32| -> Vec<u32> {
+        (0..len as u32).map(|i| 1 + (i * 11 + salt * 17) % (V as u32 - 1)).collect()
+    };
+    requests()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, arms, sampling, top))| {
+            let arms = arms
+                .into_iter()
+                .map(|a| ArmRequest { prompt: long(LONG_PROMPTS[a.model], 100 + i as u32), ..a })
+                .collect();
+            (long(LONG_PROMPTS[0], i as u32), arms, sampling, top)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn chunked_prefill_on_the_sparse_wire_streams_what_whole_prefill_streams_on_the_full_wire() {
+    let (_full_backend, full, _a) = start(LogitsWire::Full);
+    let want = run_requests(&full, long_requests()).await;
+    let mut cfg = config(LogitsWire::Sparse { candidates: 64, refine: 160 });
+    cfg.max_batch_tokens = 16;
+    let (backend, sparse, _b) = start_with(cfg);
+    let got = run_requests(&sparse, long_requests()).await;
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(w.1.is_ok(), "request {i} failed on the full wire: {:?}", w.1);
+        assert_eq!(g, w, "request {i}: {:?}", long_requests()[i].2);
+    }
+    let chunked =
+        backend.state(0).calls.iter().flatten().any(|&(_, start, n)| start == 0 && n < LONG_PROMPTS[0]);
+    assert!(chunked, "no base prompt was chunked");
+    // Rows and refined certificates are fetched only for sequences that sample in that step: at
+    // their full length (at least the prompt), never at an intermediate chunk.
+    assert!(!backend.state(0).fetched_at.is_empty(), "nothing was fetched");
+    for (m, &len) in LONG_PROMPTS.iter().enumerate() {
+        for &(id, held) in &backend.state(m).fetched_at {
+            assert!(
+                held >= len,
+                "model {m}: sequence {id} fetched holding {held} of its {len} prompt tokens"
+            );
+        }
+    }
 }

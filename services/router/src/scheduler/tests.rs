@@ -15,11 +15,11 @@ use crate::scheduler::{
 use crate::testing::{reference, FakeBackend, FakeText};
 use crate::workers::WorkerHealth as _;
 
-const V: usize = 64;
-const EOS: u32 = 0;
+pub(super) const V: usize = 64;
+pub(super) const EOS: u32 = 0;
 
 /// Polls `cond` until it holds, failing with `what` after 10 s (waits never sleep-then-assert).
-async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+pub(super) async fn wait_until(what: &str, cond: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !cond() {
         assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
@@ -27,7 +27,7 @@ async fn wait_until(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
-fn config() -> SchedulerConfig {
+pub(super) fn config() -> SchedulerConfig {
     SchedulerConfig {
         vocab: V,
         eos: vec![EOS],
@@ -41,14 +41,14 @@ fn config() -> SchedulerConfig {
     }
 }
 
-struct Harness {
-    backend: Arc<FakeBackend>,
-    handle: SchedulerHandle,
-    stats: Arc<SchedulerStats>,
+pub(super) struct Harness {
+    pub backend: Arc<FakeBackend>,
+    pub handle: SchedulerHandle,
+    pub stats: Arc<SchedulerStats>,
     _abort: watch::Sender<bool>,
 }
 
-fn start(backend: FakeBackend, cfg: SchedulerConfig) -> Harness {
+pub(super) fn start(backend: FakeBackend, cfg: SchedulerConfig) -> Harness {
     let backend = Arc::new(backend);
     let (abort_tx, abort) = watch::channel(false);
     let (sched, handle) = Scheduler::new(Arc::clone(&backend), cfg, abort);
@@ -57,11 +57,16 @@ fn start(backend: FakeBackend, cfg: SchedulerConfig) -> Harness {
     Harness { backend, handle, stats, _abort: abort_tx }
 }
 
-fn greedy() -> SamplingParams {
+pub(super) fn greedy() -> SamplingParams {
     SamplingParams { temperature: 0.0, ..Default::default() }
 }
 
-fn request(prompt: Vec<u32>, arms: Vec<ArmRequest>, sampling: SamplingParams, max_tokens: u32) -> GenRequest {
+pub(super) fn request(
+    prompt: Vec<u32>,
+    arms: Vec<ArmRequest>,
+    sampling: SamplingParams,
+    max_tokens: u32,
+) -> GenRequest {
     GenRequest {
         request_id: "cmpl-test".into(),
         base_prompt: prompt,
@@ -74,14 +79,14 @@ fn request(prompt: Vec<u32>, arms: Vec<ArmRequest>, sampling: SamplingParams, ma
 }
 
 /// Collects a request's tokens and its final event.
-async fn collect(
+pub(super) async fn collect(
     rx: mpsc::UnboundedReceiver<Event>,
 ) -> (Vec<u32>, String, Result<FinishReason, SchedulerError>) {
     collect_after(rx, Vec::new()).await
 }
 
 /// [`collect`] after `tokens` were already read.
-async fn collect_after(
+pub(super) async fn collect_after(
     mut rx: mpsc::UnboundedReceiver<Event>,
     mut tokens: Vec<u32>,
 ) -> (Vec<u32>, String, Result<FinishReason, SchedulerError>) {
@@ -102,7 +107,7 @@ async fn collect_after(
     }
 }
 
-fn reference_tokens(
+pub(super) fn reference_tokens(
     prompt: &[u32],
     arms: &[ArmRequest],
     params: SamplingParams,
@@ -205,6 +210,9 @@ async fn batch_size_and_prefill_budget_are_respected() {
     }
     let st = h.backend.state(0);
     assert!(st.steps.iter().all(|s| s.len() <= 3), "batch size limit");
+    for call in &st.calls {
+        assert!(call.iter().map(|&(_, _, n)| n).sum::<usize>() <= 10, "token budget: {call:?}");
+    }
     assert!(st.steps.iter().any(|s| s.len() > 1));
     assert_eq!(h.stats.max_batch.load(Ordering::Relaxed), 3);
 }

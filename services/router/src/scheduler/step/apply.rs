@@ -1,5 +1,6 @@
 //! Phases 3 and 4 of a step: apply each worker's per-sequence outcomes. Logits are kept until
-//! every model of the sequence has answered; a lost sequence is replayed from position 0 (on
+//! every model of the sequence has answered at its full length (an intermediate prefill chunk
+//! only advances the position: its logits are dropped); a lost sequence is replayed from position 0 (on
 //! another replica after a failover); a failed call fails (or, with a restart grace period,
 //! holds) only the sequences that used that worker; KV exhaustion requeues new sequences or
 //! preempts the youngest running one.
@@ -9,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::call::ModelReply;
+use super::plan::Sent;
 use super::{Fate, Scheduler};
 use crate::scheduler::seq::ModelRow;
 use crate::scheduler::{SchedulerError, MAX_REPLAYS};
@@ -28,7 +30,7 @@ impl<B: StepBackend> Scheduler<B> {
     /// Applies the replies of the step's calls (see the module docs).
     pub(super) fn apply_outcomes(
         &mut self,
-        targets: &[Vec<(usize, usize)>],
+        targets: &[Vec<Sent>],
         results: Vec<ModelReply>,
         fates: &mut BTreeMap<usize, Fate>,
     ) -> Applied {
@@ -57,19 +59,21 @@ impl<B: StepBackend> Scheduler<B> {
                     continue;
                 }
             };
-            for (&(si, slot), outcome) in list.iter().zip(outcomes) {
-                let target = self.running[si].target_len(slot);
+            for (&Sent { seq: si, slot, upto }, outcome) in list.iter().zip(outcomes) {
+                // Logits at the full length are the ones sampled from; those of an intermediate
+                // chunk describe a prefix position and are dropped.
+                let full = upto as usize == self.running[si].target_len(slot);
                 let seq = &mut self.running[si];
                 match outcome {
                     SeqOutcome::Logits(bytes) => {
                         let sm = &mut seq.models[slot];
-                        sm.pos = target as u32;
-                        sm.logits = Some(ModelRow::Packed(bytes));
+                        sm.pos = upto;
+                        sm.logits = full.then_some(ModelRow::Packed(bytes));
                     }
                     SeqOutcome::Sparse(row) => {
                         let sm = &mut seq.models[slot];
-                        sm.pos = target as u32;
-                        sm.logits = Some(ModelRow::Sparse(row));
+                        sm.pos = upto;
+                        sm.logits = full.then_some(ModelRow::Sparse(row));
                     }
                     SeqOutcome::Error { kind: SeqErrorKind::KvExhausted, .. } => {
                         if !applied.kv_exhausted.contains(&si) {
@@ -131,7 +135,7 @@ impl<B: StepBackend> Scheduler<B> {
         &mut self,
         m: usize,
         msg: &str,
-        list: &[(usize, usize)],
+        list: &[Sent],
         fates: &mut BTreeMap<usize, Fate>,
     ) {
         let name = self.backend.display_name(m);
@@ -140,7 +144,7 @@ impl<B: StepBackend> Scheduler<B> {
         if !self.restart_grace.is_zero() {
             // Restart grace: the sequences wait for a ready worker, then replay from position 0
             // (a worker that keeps failing fails them after MAX_REPLAYS).
-            for &(si, slot) in list {
+            for &Sent { seq: si, slot, .. } in list {
                 let seq = &mut self.running[si];
                 seq.replays += 1;
                 if seq.replays > MAX_REPLAYS {
@@ -162,7 +166,7 @@ impl<B: StepBackend> Scheduler<B> {
             }
             return;
         }
-        for &(si, _) in list {
+        for &Sent { seq: si, .. } in list {
             fates.entry(si).or_insert(Fate::Fail(SchedulerError::WorkerFailed {
                 worker: name.clone(),
                 message: msg.to_string(),
@@ -176,7 +180,7 @@ impl<B: StepBackend> Scheduler<B> {
     pub(super) fn handle_kv_exhaustion(
         &mut self,
         mut exhausted: Vec<usize>,
-        targets: &[Vec<(usize, usize)>],
+        targets: &[Vec<Sent>],
         fates: &mut BTreeMap<usize, Fate>,
     ) {
         self.admission_blocked = true;
@@ -192,7 +196,7 @@ impl<B: StepBackend> Scheduler<B> {
             if alone {
                 let worker = targets
                     .iter()
-                    .position(|l| l.iter().any(|&(s, _)| s == si))
+                    .position(|l| l.iter().any(|sent| sent.seq == si))
                     .map(|m| self.backend.display_name(m))
                     .unwrap_or_else(|| "a worker".into());
                 let usage = seq.usage();

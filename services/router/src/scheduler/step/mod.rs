@@ -1,5 +1,7 @@
 //! One step of the running batch, in named phases:
-//! 1. [`plan`]: what each model must compute (restart grace holds sequences whose worker is down);
+//! 1. [`plan`]: what each model must compute within the step's token budget — decodes first,
+//!    then prefill in arrival order, cut into chunks (restart grace holds sequences whose worker
+//!    is down);
 //! 2. [`call`]: one concurrent `Step` per model that has work — the base and exactly the ARMs
 //!    the batch's requests need;
 //! 3. [`apply`]: per-sequence outcomes (replay, failover, KV exhaustion → requeue or preempt the
@@ -53,7 +55,11 @@ impl<B: StepBackend> Scheduler<B> {
         self.metrics.steps.increment(1);
         self.metrics.step_sequences.increment(batch);
 
-        let plan::StepPlan { targets, payloads, mut fates, on_hold } = self.plan();
+        let plan::StepPlan { targets, payloads, mut fates, on_hold, partial_chunks } = self.plan();
+        if partial_chunks > 0 {
+            self.stats.prefill_chunks.fetch_add(partial_chunks, Ordering::Relaxed);
+            self.metrics.prefill_chunks.increment(partial_chunks);
+        }
         let results = self.call_workers(payloads).await;
         if results.is_empty() && fates.is_empty() && on_hold > 0 {
             // Every running request waits for a worker to come back: don't spin.
