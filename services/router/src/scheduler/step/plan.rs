@@ -26,6 +26,11 @@ use crate::workers::{SeqStep, StepBackend};
 /// stream is what chunking exists to avoid.
 const PREFILL_FLOOR_DIVISOR: usize = 8;
 
+/// A partial chunk ends on a multiple of this many positions when it can, so that the next
+/// chunk starts on a KV block boundary (any block size dividing it) and the worker's prefix
+/// cache can serve it.
+const CHUNK_ALIGN: u32 = 16;
+
 /// One sequence's part of one model's `Step` call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Sent {
@@ -145,8 +150,12 @@ impl<B: StepBackend> Scheduler<B> {
                 let seq = &self.running[si];
                 let pos = seq.models[slot].pos;
                 let mut tokens = seq.tokens_from(slot, pos as usize);
-                let chunk = tokens.len().min(left);
+                let mut chunk = tokens.len().min(left);
                 if chunk < tokens.len() {
+                    let aligned_end = (pos + chunk as u32) / CHUNK_ALIGN * CHUNK_ALIGN;
+                    if aligned_end > pos {
+                        chunk = (aligned_end - pos) as usize;
+                    }
                     tokens.truncate(chunk);
                     partial_chunks += 1;
                 }
