@@ -99,6 +99,18 @@ fn a_caching_cluster_streams_what_an_uncached_one_streams() {
     let hits = hit_tokens(&cluster.worker_grpc_urls());
     // Every request after the first shares the system prompt on both models.
     assert!(hits.iter().all(|&h| h >= 5 * 16), "hit tokens per worker (base, ARM): {hits:?}");
+    // The router counts what the workers reported, per model.
+    let metrics = http::get(&cluster.url("/metrics")).unwrap().text();
+    let counted: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("genarm_prefix_cached_tokens_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(
+        counted,
+        hits.iter().sum::<u64>() as f64,
+        "genarm_prefix_cached_tokens_total vs the workers' Stats"
+    );
     let s = stats(&cluster.base_grpc_url());
     assert!(s.prefix_lookup_tokens > s.prefix_hit_tokens && s.prefix_cached_blocks > 0, "{s:?}");
     assert_eq!(s.sequences, 0);

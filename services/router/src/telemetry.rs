@@ -138,6 +138,10 @@ pub fn describe() {
         "Bytes of Step requests and replies on the wire (encoded protobuf payloads), all workers"
     );
     describe_counter!(
+        "genarm_prefix_cached_tokens_total",
+        "Prompt tokens the workers took from their prefix caches instead of computing, by model (worker label)"
+    );
+    describe_counter!(
         "genarm_model_wire_bytes_total",
         "Bytes of Step and FetchRows requests and replies on the wire by model (worker label)"
     );
@@ -228,6 +232,8 @@ pub struct SchedMetrics {
     worker_step: Vec<Histogram>,
     /// `genarm_model_wire_bytes_total` per model index.
     model_wire_bytes: Vec<Counter>,
+    /// `genarm_prefix_cached_tokens_total` per model index.
+    model_cached_tokens: Vec<Counter>,
 }
 
 impl SchedMetrics {
@@ -255,6 +261,7 @@ impl SchedMetrics {
             sparse_certified: metrics::counter!("genarm_sparse_certified_total"),
             worker_step: Vec::new(),
             model_wire_bytes: Vec::new(),
+            model_cached_tokens: Vec::new(),
         }
     }
 
@@ -271,8 +278,19 @@ impl SchedMetrics {
             .iter()
             .map(|(worker, _)| metrics::counter!("genarm_model_wire_bytes_total", "worker" => worker.clone()))
             .collect();
-        for c in &self.model_wire_bytes {
+        self.model_cached_tokens = labels
+            .iter()
+            .map(|(worker, _)| metrics::counter!("genarm_prefix_cached_tokens_total", "worker" => worker.clone()))
+            .collect();
+        for c in self.model_wire_bytes.iter().chain(&self.model_cached_tokens) {
             c.increment(0);
+        }
+    }
+
+    /// Records `tokens` that model `m`'s workers took from their prefix caches.
+    pub fn cached_tokens(&self, m: ModelIndex, tokens: u64) {
+        if let Some(c) = self.model_cached_tokens.get(m) {
+            c.increment(tokens);
         }
     }
 

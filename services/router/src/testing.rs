@@ -226,7 +226,8 @@ impl StepBackend for FakeBackend {
                 SeqOutcome::Error { .. } => 0,
             })
             .sum();
-        Ok(StepReply { outcomes: out, forward: started.elapsed(), wire_bytes })
+        // The fake holds no KV: nothing is ever cached.
+        Ok(StepReply { outcomes: out, forward: started.elapsed(), wire_bytes, cached_tokens: 0 })
     }
 
     async fn fetch_rows(

@@ -151,6 +151,8 @@ pub struct StepReply {
     pub forward: Duration,
     /// Bytes of the step's requests and replies as encoded on the wire (protobuf payloads).
     pub wire_bytes: u64,
+    /// Tokens of the step the workers took from their prefix caches (`SeqResult.cached_tokens`).
+    pub cached_tokens: u64,
 }
 
 /// Names and readiness of the workers (the object-safe part of [`StepBackend`], which the HTTP

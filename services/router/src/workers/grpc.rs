@@ -19,7 +19,8 @@ use super::pool::{Member, Slot, Workers};
 
 impl Workers {
     /// One `Step` call on one member: per-sequence outcomes in order, the forward time the worker
-    /// reported, and the bytes of the request and the reply.
+    /// reported, the bytes of the request and the reply, and the tokens the worker took from its
+    /// prefix cache.
     #[tracing::instrument(name = "router.worker_step", skip_all,
         fields(worker = %slot.label, url = %member.url, seqs = seqs.len()))]
     pub(super) async fn step_on(
@@ -30,7 +31,7 @@ impl Workers {
         logits_len: u32,
         dtype: WireDtype,
         wire: LogitsWire,
-    ) -> Result<(Vec<SeqOutcome>, Duration, u64), CallError> {
+    ) -> Result<(Vec<SeqOutcome>, Duration, u64, u64), CallError> {
         let ids: Vec<u64> = seqs.iter().map(|s| s.seq_id).collect();
         let req = StepRequest {
             reward_name: slot.reward_name.clone(),
@@ -67,8 +68,9 @@ impl Workers {
                 .into_inner();
         let wire_bytes = request_bytes + resp.encoded_len() as u64;
         let forward = Duration::from_micros(resp.forward_micros);
+        let cached: u64 = resp.results.iter().map(|r| u64::from(r.cached_tokens)).sum();
         let outcomes = outcomes_of(resp, &ids)?;
-        Ok((outcomes, forward, wire_bytes))
+        Ok((outcomes, forward, wire_bytes, cached))
     }
 
     /// One `FetchRows` call on one member: the full rows it kept from the sparse step (or refined

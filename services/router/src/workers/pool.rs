@@ -374,11 +374,13 @@ impl StepBackend for Workers {
         let mut last_error = None;
         let mut forward = Duration::ZERO;
         let mut wire_bytes = 0u64;
+        let mut cached_tokens = 0u64;
         for (member, idx, r) in futures::future::join_all(calls).await {
             match r {
-                Ok((outs, member_forward, member_bytes)) => {
+                Ok((outs, member_forward, member_bytes, member_cached)) => {
                     forward = forward.max(member_forward);
                     wire_bytes += member_bytes;
+                    cached_tokens += member_cached;
                     for (i, o) in idx.into_iter().zip(outs) {
                         outcomes[i] = Some(o);
                     }
@@ -424,7 +426,7 @@ impl StepBackend for Workers {
                 o.unwrap_or(SeqOutcome::Error { kind: SeqErrorKind::Invalid, message: "no outcome".into() })
             })
             .collect();
-        Ok(StepReply { outcomes, forward, wire_bytes })
+        Ok(StepReply { outcomes, forward, wire_bytes, cached_tokens })
     }
 
     async fn fetch_rows(

@@ -46,6 +46,7 @@ impl<B: StepBackend> Scheduler<B> {
                 Ok(reply) if reply.outcomes.len() == list.len() => {
                     applied.slowest_forward = applied.slowest_forward.max(reply.forward);
                     self.metrics.wire_bytes(m, reply.wire_bytes);
+                    self.metrics.cached_tokens(m, reply.cached_tokens);
                     reply.outcomes
                 }
                 Ok(reply) => {
