@@ -63,8 +63,8 @@ import json, sys
 work = sys.argv[1]
 def ttft(label):
     r = json.load(open(f"{work}/{label}/bench.json"))["runs"][0]
-    return r["ttft"]["p50"], r["ttft"]["p95"], r["requests"] if "requests" in r else None
-(u50, u95, _), (c50, c95, _) = ttft("uncached"), ttft("cached")
+    return r["ttft"]["p50"], r["ttft"]["p95"]
+(u50, u95), (c50, c95) = ttft("uncached"), ttft("cached")
 print("| prefix cache | TTFT p50 | TTFT p95 |")
 print("|---|---|---|")
 print(f"| off | {u50*1e3:.0f} ms | {u95*1e3:.0f} ms |")

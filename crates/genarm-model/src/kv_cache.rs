@@ -54,6 +54,8 @@ pub struct Admitted {
     prev_chain: Chain,
     /// Leading tokens of the step found in the prefix cache (whole blocks).
     reused: usize,
+    /// Whether the step looked the cache up (counted once the forward succeeded).
+    looked_up: bool,
 }
 
 impl Admitted {
@@ -142,9 +144,10 @@ impl BlockTable {
         // The cache is looked up where the sequence's keyed chain ends at a block boundary.
         let mut hits = Vec::new();
         let mut hit_key = seq.chain.last_key;
-        if let Some(prefix) = &mut self.prefix {
+        let mut looked_up = false;
+        if let Some(prefix) = &self.prefix {
             if tokens.len() > 1 && seq.pending.is_empty() && seq.chain.hashed == prev_blocks {
-                prefix.stats.lookup_tokens += tokens.len() as u64;
+                looked_up = true;
                 let mut parent = seq.chain.canon;
                 for chunk in tokens[..tokens.len() - 1].chunks_exact(bs) {
                     let k = prefix.key(hit_key, chunk, salt);
@@ -192,13 +195,16 @@ impl BlockTable {
             seq.blocks.push(id);
         }
         seq.len = start_pos + tokens.len();
-        Ok(Admitted { seq_id, prev_len: start_pos, prev_blocks, prev_chain, reused })
+        Ok(Admitted { seq_id, prev_len: start_pos, prev_blocks, prev_chain, reused, looked_up })
     }
 
     /// Records a successful forward: the admitted tokens past the reused ones are in the cache
     /// now, so the blocks they fill join the prefix cache.
     pub fn commit(&mut self, a: Admitted, tokens: &[u32]) {
         let Some(prefix) = &mut self.prefix else { return };
+        if a.looked_up {
+            prefix.stats.lookup_tokens += tokens.len() as u64;
+        }
         prefix.stats.hit_tokens += a.reused as u64;
         let Some(seq) = self.seqs.get_mut(&a.seq_id) else { return };
         let bs = self.block_size;
@@ -464,6 +470,7 @@ mod tests {
         t.rollback(a);
         let u = t.usage();
         assert_eq!((u.used_blocks, u.prefix.cached_blocks, u.prefix.hit_tokens), (0, 2, 0));
+        assert_eq!(u.prefix.lookup_tokens, 5, "a rolled-back step's lookup is not counted");
         assert_eq!(step(&mut t, 3, 0, &[1, 2, 3, 4, 5]), 4);
     }
 }
